@@ -1,0 +1,49 @@
+"""probe: interpretability and ablation toolkit for efficient vision-language models.
+
+The notebook API is three calls:
+
+    import probe
+    model = probe.load("tiny-llava")
+    table = probe.attention(model, image="skimage:astronaut", prompt="<image> What is shown?")
+    probe.plot(table)
+"""
+
+from __future__ import annotations
+
+from probe.errors import ProbeError
+from probe.zoo import LoadedModel, load
+
+__all__ = ["ProbeError", "LoadedModel", "load", "attention", "plot"]
+__version__ = "0.1.0"
+
+
+def attention(
+    model: LoadedModel,
+    image: str | list[str] | None = None,
+    prompt: str | None = None,
+    response: str | None = None,
+    dataset: str | None = None,
+    backend: str = "eager",
+    per_head: bool = False,
+    generate: int | None = None,
+):
+    """Tidy per-layer attention table for one image + prompt, or a JSONL dataset (nothing written)."""
+    import pandas as pd
+
+    from probe.attention import AttentionOptions, probe_sample
+    from probe.inputs import make_sample, read_dataset
+
+    if dataset is not None:
+        samples = read_dataset(dataset)
+    else:
+        images = [image] if isinstance(image, str) else list(image or [])
+        samples = [make_sample(prompt or "", images, response=response)]
+    options = AttentionOptions(backend=backend, per_head=per_head, generate=generate)
+    return pd.concat([probe_sample(model, s, options)[0] for s in samples], ignore_index=True)
+
+
+def plot(table, value: str = "mass", stage: str = "llm"):
+    """Paper Fig. 2 (value='mass') or Fig. 3 (value='entropy') from a tidy table."""
+    from analyses.attention_profile import plot_by_layer
+
+    return plot_by_layer(table, value, stage)

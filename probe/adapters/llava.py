@@ -1,0 +1,149 @@
+"""LLaVA-v1.5 (`LlavaForConditionalGeneration`) and LLaVA-NeXT / v1.6 (`LlavaNextForConditionalGeneration`).
+
+The processor and chat template place the image tokens; this adapter only reads where they landed.
+For LLaVA-NeXT the vision role covers the base image, every high-resolution crop and the image-newline
+tokens; the attention-map grid is the base 24 x 24 view.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from probe.adapters.base import Adapter, Prepared
+from probe.builtin.tokenizer import LLAVA_V15_CHAT_TEMPLATE
+from probe.errors import ProbeError
+from probe.inputs import IMAGE_SLOT, Sample
+from probe.roles import ImageGrid, StageRoles, spans_to_role_ids
+
+_SENTINEL = "\u2063PROBE_USER_CONTENT\u2063"
+
+
+def prompt_to_content(prompt: str) -> list[dict]:
+    """'<image> What is it?' -> transformers' multimodal message content parts."""
+    parts: list[dict] = []
+    for k, text in enumerate(prompt.split(IMAGE_SLOT)):
+        if k > 0:
+            parts.append({"type": "image"})
+        if text.strip():
+            parts.append({"type": "text", "text": text.strip()})
+    return parts
+
+
+def contiguous_runs(positions: list[int]) -> list[tuple[int, int]]:
+    """[3, 4, 5, 9, 10] -> [(3, 6), (9, 11)]: half-open spans of consecutive positions."""
+    runs: list[tuple[int, int]] = []
+    for p in positions:
+        if runs and runs[-1][1] == p:
+            runs[-1] = (runs[-1][0], p + 1)
+        else:
+            runs.append((p, p + 1))
+    return runs
+
+
+class LlavaAdapter(Adapter):
+    family = "llava"
+
+    def __init__(self, model, processor) -> None:
+        super().__init__(model, processor)
+        self.tokenizer = processor.tokenizer
+        self.image_token_id = int(model.config.image_token_id)
+        vision = model.config.vision_config
+        self.grid_side = vision.image_size // vision.patch_size
+        self.chat_template = getattr(processor, "chat_template", None) or LLAVA_V15_CHAT_TEMPLATE
+
+    # --- prompt and roles -------------------------------------------------------------------------
+    def render(self, prompt: str) -> str:
+        messages = [{"role": "user", "content": prompt_to_content(prompt)}]
+        return self.processor.apply_chat_template(
+            messages, chat_template=self.chat_template, add_generation_prompt=True, tokenize=False
+        )
+
+    def system_prefix_length(self, input_ids: list[int]) -> int:
+        """Tokens the template puts before the user's content (BOS, system prompt, 'USER:')."""
+        rendered = self.render(_SENTINEL)
+        cut = rendered.find(_SENTINEL)
+        if cut < 0:
+            return 0
+        prefix_ids = self.tokenizer(rendered[:cut].rstrip(), add_special_tokens=True).input_ids
+        n = 0
+        while n < min(len(prefix_ids), len(input_ids)) and prefix_ids[n] == input_ids[n]:
+            n += 1
+        return n
+
+    def tokens_per_image(self, images, n_positions: int) -> list[int]:
+        sizes = [(img.height, img.width) for img in images]
+        try:
+            counts = list(self.processor._get_num_multimodal_tokens(image_sizes=sizes)["num_image_tokens"])
+        except Exception:  # processors without the helper: equal split
+            counts = [n_positions // len(images)] * len(images)
+        if sum(counts) != n_positions:
+            raise ProbeError(f"found {n_positions} image tokens but expected {sum(counts)} for {len(images)} image(s)")
+        return counts
+
+    def encode_response(self, response: str) -> list[int]:
+        text = response if response[:1].isspace() else " " + response
+        return self.tokenizer(text, add_special_tokens=False).input_ids
+
+    def prepare(self, sample: Sample, response_ids: list[int] | None = None) -> Prepared:
+        images = sample.load_images()
+        encoded = self.processor(images=images, text=self.render(sample.prompt), return_tensors="pt")
+        prompt_ids = encoded["input_ids"][0].tolist()
+        if response_ids is None and sample.response:
+            response_ids = self.encode_response(sample.response)
+        response_ids = list(response_ids or [])
+        ids = prompt_ids + response_ids
+        inputs = {k: v for k, v in encoded.items() if k not in ("input_ids", "attention_mask")}
+        inputs["input_ids"] = torch.tensor([ids])
+        inputs["attention_mask"] = torch.ones(1, len(ids), dtype=torch.long)
+        roles = self._roles(prompt_ids, len(ids), images)
+        return Prepared(inputs=inputs, roles={"llm": roles}, prompt_length=len(prompt_ids), response_ids=response_ids)
+
+    def _roles(self, prompt_ids: list[int], length: int, images) -> StageRoles:
+        positions = [i for i, t in enumerate(prompt_ids) if t == self.image_token_id]
+        counts = self.tokens_per_image(images, len(positions))
+        labels = ["system"] + [f"image:{k}" for k in range(len(images))] + ["instruction", "response"]
+        n_system = min(self.system_prefix_length(prompt_ids), positions[0] if positions else len(prompt_ids))
+        spans = [("system", 0, n_system), ("instruction", n_system, len(prompt_ids)), ("response", len(prompt_ids), length)]
+        grids, start = [], 0
+        for k, count in enumerate(counts):
+            image_positions = positions[start : start + count]
+            for run_start, run_end in contiguous_runs(image_positions):
+                spans.append((f"image:{k}", run_start, run_end))
+            side = self.grid_side
+            if count >= side * side:
+                grid = torch.tensor(image_positions[: side * side]).view(side, side)
+                grids.append(ImageGrid(image_index=k, positions=grid))
+            start += count
+        role_ids = spans_to_role_ids(length, spans, labels)
+        return StageRoles(labels=labels, role_ids=role_ids.unsqueeze(0), grids=grids)
+
+    # --- model structure --------------------------------------------------------------------------
+    def language_model(self) -> torch.nn.Module:
+        return self.model.model.language_model
+
+    def num_layers(self, stage: str = "llm") -> int:
+        return self.model.config.text_config.num_hidden_layers
+
+    def attention_modules(self, stage: str = "llm") -> list[torch.nn.Module]:
+        return [layer.self_attn for layer in self.language_model().layers]
+
+    def set_attention(self, implementation: str) -> None:
+        self.model.set_attn_implementation({"text_config": implementation})
+
+    def current_attention(self) -> str:
+        return self.model.config.text_config._attn_implementation
+
+    @torch.no_grad()
+    def generate(self, sample: Sample, max_new_tokens: int) -> list[int]:
+        prepared = self.prepare(sample, response_ids=[])
+        inputs = {k: v.to(self.device) for k, v in prepared.inputs.items()}
+        out = self.model.generate(
+            **inputs, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=self.tokenizer.pad_token_id
+        )
+        new = out[0, prepared.prompt_length :].tolist()
+        eos = self.tokenizer.eos_token_id
+        return new[: new.index(eos)] if eos in new else new
+
+
+class LlavaNextAdapter(LlavaAdapter):
+    family = "llava_next"

@@ -1,0 +1,1 @@
+"""Small models that `probe` builds itself, so that everything runs without downloading weights."""

@@ -1,0 +1,93 @@
+"""The `probe` command line. Each command parses options and calls one library function."""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+import click
+
+from probe.errors import ProbeError
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def cli() -> None:
+    """Interpretability and ablation toolkit for efficient vision-language models."""
+
+
+@cli.command("models")
+def models_command() -> None:
+    """List the model zoo's short names."""
+    from probe.zoo import REGISTRY
+
+    for spec in REGISTRY.values():
+        click.echo(f"{spec.name:24s} {spec.family:12s} {spec.description}")
+
+
+def _default_out(model: str) -> Path:
+    return Path("runs") / (re.sub(r"[^A-Za-z0-9._-]+", "_", model).strip("_") + "-attention")
+
+
+@cli.command("attention")
+@click.option("--model", "model_name", required=True, help="Zoo name (see `probe models`), hub id or local directory.")
+@click.option("--image", "images", multiple=True, help="Image file or skimage:NAME; repeat for several images.")
+@click.option("--prompt", help="Prompt with one <image> slot per image, e.g. '<image> What is shown?'.")
+@click.option("--response", help="Teacher-forced response whose tokens form the response role.")
+@click.option("--generate", type=click.IntRange(min=1), help="Generate up to N response tokens (greedy) instead.")
+@click.option("--dataset", type=click.Path(path_type=Path), help="JSONL file: one {image(s), prompt, answer?} per line.")
+@click.option("--limit", type=click.IntRange(min=1), help="Use only the first N dataset samples.")
+@click.option("--backend", default="eager", show_default=True, help="Statistics engine.")
+@click.option("--per-head", is_flag=True, help="Also write per-head rows (not the paper's quantity for entropy).")
+@click.option("--out", type=click.Path(path_type=Path), help="Run directory [default: runs/<model>-attention].")
+@click.option("--overwrite", is_flag=True, help="Replace a finished or different run in --out.")
+@click.option("--device", default="auto", show_default=True, help="cpu, cuda or auto.")
+@click.option("--dtype", default="auto", show_default=True, help="auto (fp32 on CPU, bf16 on CUDA), float32, bfloat16, float16.")
+@click.option("--seed", default=0, show_default=True, type=int)
+def attention_command(model_name, images, prompt, response, generate, dataset, limit, backend, per_head, out, overwrite,
+                      device, dtype, seed) -> None:
+    """Per-layer attention mass and entropy on vision / instruction / response tokens (paper Figs. 2-3)."""
+    from probe.attention import AttentionOptions, run_attention
+    from probe.engines import get_engine
+    from probe.inputs import make_sample, read_dataset
+    from probe.zoo import load
+
+    if response and generate:
+        raise ProbeError("use either --response or --generate, not both")
+    if dataset is not None:
+        if images or prompt:
+            raise ProbeError("use either --dataset or --image/--prompt, not both")
+        samples = read_dataset(dataset)[:limit]
+    else:
+        if not images or prompt is None:
+            raise ProbeError("give --image and --prompt (or --dataset)")
+        samples = [make_sample(prompt, list(images), response=response)]
+    get_engine(backend)
+    loaded = load(model_name, device=device, dtype=dtype)
+    out = out or _default_out(model_name)
+    options = AttentionOptions(backend=backend, per_head=per_head, generate=generate, seed=seed)
+    table = run_attention(loaded, samples, out, options, overwrite=overwrite)
+    n_layers = table["layer"].nunique()
+    click.echo(f"wrote {len(table)} rows ({len(samples)} sample(s) x {n_layers} layers) to {out}/")
+
+
+def main() -> None:
+    """Entry point: user errors are one line on stderr and exit code 2, never a traceback."""
+    try:
+        cli.main(standalone_mode=False)
+    except ProbeError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    except click.exceptions.Abort:
+        click.echo("interrupted: rerun the same command to resume", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        click.echo("interrupted: rerun the same command to resume", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

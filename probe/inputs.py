@@ -1,0 +1,151 @@
+"""What the user asks about: images, a prompt with `<image>` slots, an optional response.
+
+Everything here is validated before a model runs or a file is written, so bad input fails fast with
+one line that says what to fix.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from probe.errors import ProbeError
+
+IMAGE_SLOT = "<image>"
+SKIMAGE_PREFIX = "skimage:"
+
+
+@dataclass
+class Sample:
+    """One question about one or more images. `prompt` marks each image's place with `<image>`."""
+
+    sample_id: str
+    prompt: str
+    image_sources: list[str]
+    response: str | None = None
+    answer: str | None = None
+    meta: dict = field(default_factory=dict)
+
+    def load_images(self) -> list[Image.Image]:
+        """Decode the images now (datasets are validated up front but decoded one sample at a time)."""
+        return [load_image(src) for src in self.image_sources]
+
+
+def verify_image(source: str | Path) -> None:
+    """Check that an image exists and decodes, without keeping its pixels."""
+    load_image(source).close()
+
+
+def load_image(source: str | Path) -> Image.Image:
+    """Open an image file, or a scikit-image sample given as `skimage:NAME` (e.g. `skimage:astronaut`)."""
+    source = str(source)
+    if source.startswith(SKIMAGE_PREFIX):
+        return _skimage_sample(source[len(SKIMAGE_PREFIX) :])
+    path = Path(source)
+    if not path.is_file():
+        raise ProbeError(f"image not found: {source}")
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return img.convert("RGB")
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise ProbeError(f"cannot read image {source}: not a valid image file ({exc.__class__.__name__})") from None
+
+
+def _skimage_sample(name: str) -> Image.Image:
+    from skimage import data
+
+    fn = getattr(data, name, None)
+    if fn is None or not callable(fn) or name.startswith("_"):
+        raise ProbeError(f"unknown scikit-image sample '{name}' (try skimage:astronaut, skimage:coffee, skimage:chelsea)")
+    array = np.asarray(fn())
+    if array.ndim == 2:
+        array = np.stack([array] * 3, axis=-1)
+    if array.dtype != np.uint8:
+        array = (255 * (array.astype(np.float64) - array.min()) / max(np.ptp(array), 1e-9)).astype(np.uint8)
+    return Image.fromarray(array[..., :3]).convert("RGB")
+
+
+def check_image_slots(prompt: str, n_images: int, where: str = "prompt") -> None:
+    slots = prompt.count(IMAGE_SLOT)
+    if slots == 0:
+        raise ProbeError(f"{where} has no {IMAGE_SLOT} slot: mark where the image goes, e.g. '{IMAGE_SLOT} What is shown?'")
+    if slots != n_images:
+        raise ProbeError(f"{where} has {slots} {IMAGE_SLOT} slot(s) but {n_images} image(s) were given")
+
+
+def make_sample(
+    prompt: str,
+    images: list[str],
+    response: str | None = None,
+    sample_id: str = "0",
+    where: str = "prompt",
+    answer: str | None = None,
+) -> Sample:
+    """Validate slots first (cheap), then check that every image decodes."""
+    check_image_slots(prompt, len(images), where)
+    for src in images:
+        verify_image(src)
+    return Sample(
+        sample_id=sample_id,
+        prompt=prompt,
+        image_sources=[str(src) for src in images],
+        response=response,
+        answer=answer,
+    )
+
+
+def read_dataset(path: str | Path) -> list[Sample]:
+    """Read a JSONL dataset: one object per line with `image` (or `images`), `prompt`, optional `answer`.
+
+    Relative image paths are taken relative to the JSONL file. `response` (teacher-forced) is optional.
+    A prompt without `<image>` gets one slot per image prepended, since datasets are rarely written
+    with slots; an explicit slot count must still match the image count.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ProbeError(f"dataset not found: {path}")
+    samples: list[Sample] = []
+    with path.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            where = f"{path.name} line {lineno}"
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ProbeError(f"{where}: malformed JSON ({exc.msg})") from None
+            if not isinstance(record, dict):
+                raise ProbeError(f"{where}: expected a JSON object")
+            images = record.get("images", record.get("image"))
+            if isinstance(images, str):
+                images = [images]
+            if not images or not isinstance(images, list) or not all(isinstance(i, str) for i in images):
+                raise ProbeError(f"{where}: needs 'image' (a path) or 'images' (a list of paths)")
+            prompt = record.get("prompt", record.get("question"))
+            if not isinstance(prompt, str) or not prompt.strip():
+                raise ProbeError(f"{where}: needs a non-empty 'prompt'")
+            if IMAGE_SLOT not in prompt:
+                prompt = "".join(f"{IMAGE_SLOT}\n" for _ in images) + prompt
+            resolved = [i if i.startswith(SKIMAGE_PREFIX) or Path(i).is_absolute() else str(path.parent / i) for i in images]
+            try:
+                sample = make_sample(
+                    prompt,
+                    resolved,
+                    response=record.get("response"),
+                    sample_id=str(record.get("id", len(samples))),
+                    where=where,
+                    answer=None if record.get("answer") is None else str(record["answer"]),
+                )
+            except ProbeError as exc:
+                msg = str(exc)
+                raise ProbeError(msg if msg.startswith(where) else f"{where}: {msg}") from None
+            sample.meta = {k: v for k, v in record.items() if k not in {"image", "images", "prompt", "question", "response"}}
+            samples.append(sample)
+    if not samples:
+        raise ProbeError(f"dataset {path} is empty")
+    return samples

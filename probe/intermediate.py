@@ -1,0 +1,79 @@
+"""The one intermediate every engine produces: per layer, per query token, statistics over source roles.
+
+Engines (eager reference, native streaming, nnsight, transformer-lens) differ only in how they obtain
+these numbers; `probe.stats` turns them into the paper's quantities. Keeping this small and shared is
+what lets the backends be compared tensor for tensor.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from probe.roles import StageRoles
+
+
+@dataclass
+class LayerStats:
+    """Statistics of one attention layer on one batch, over the fine roles of `stage`.
+
+    mass[b, i, r]     = sum over keys j of role r of a_ij, a = attention averaged over heads
+    entropy[b, i, r]  = Shannon entropy (nats) of a_i restricted to role r and renormalised;
+                        NaN where that mass is exactly zero
+    visible[b, i, r]  = query i can attend to at least one key of role r (from the mask)
+    head_mass / head_entropy: the same per head, [B, H, N, R], only when asked for (per-head entropy
+                        is NOT the paper's quantity: entropy does not commute with averaging heads).
+    grid_rows: optional {image index: [B, Q, rows, cols]} head-averaged attention of chosen queries
+                        onto that image's patch grid, for attention-map figures.
+    """
+
+    stage: str
+    layer: int
+    mass: torch.Tensor
+    entropy: torch.Tensor
+    visible: torch.Tensor
+    head_mass: torch.Tensor | None = None
+    head_entropy: torch.Tensor | None = None
+    grid_rows: dict[int, torch.Tensor] | None = None
+
+
+def entropy_within_roles(probs: torch.Tensor, onehot: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mass and renormalised entropy per role from explicit probabilities.
+
+    probs: [..., N, K] attention rows (rows over keys K); onehot: [K, R] role of each key.
+    Returns mass [..., N, R] and entropy [..., N, R] (nats, NaN where mass == 0). The slow, obvious way:
+    this is the reference the streaming identities are checked against.
+    """
+    probs = probs.double()
+    onehot = onehot.double()
+    mass = probs @ onehot
+    plogp = torch.where(probs > 0, probs * probs.log(), torch.zeros_like(probs)) @ onehot
+    # H_r = -sum_j (p_j / m_r) log(p_j / m_r) = log m_r - (1 / m_r) sum_j p_j log p_j
+    entropy = torch.where(mass > 0, mass.log() - plogp / mass, torch.full_like(mass, float("nan")))
+    return mass.float(), entropy.float()
+
+
+def stats_from_probabilities(
+    stage: str,
+    layer: int,
+    probs: torch.Tensor,
+    roles: StageRoles,
+    per_head: bool = False,
+) -> LayerStats:
+    """LayerStats from a full attention tensor [B, H, N, N] (eager, nnsight and TransformerLens paths)."""
+    onehot = roles.onehot(torch.float64)  # [B, N, R]
+    mean_probs = probs.double().mean(dim=1)  # heads averaged first: the paper's a_ij
+    mass, entropy = entropy_within_roles(mean_probs, onehot)
+    head_mass = head_entropy = None
+    if per_head:
+        head_mass, head_entropy = entropy_within_roles(probs.double(), onehot.unsqueeze(1))
+    return LayerStats(
+        stage=stage,
+        layer=layer,
+        mass=mass,
+        entropy=entropy,
+        visible=roles.causal_visibility(),
+        head_mass=head_mass,
+        head_entropy=head_entropy,
+    )

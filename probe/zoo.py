@@ -1,0 +1,260 @@
+"""The model zoo: short names -> hub ids, local directories, or models `probe` builds itself.
+
+Everything, built-in models included, is loaded through `from_pretrained` from a directory or hub id,
+so the path a user's download takes is the path the tests take. Built-in models are materialised
+once into a cache directory (`$PROBE_HOME`, default `~/.cache/probe`) and loaded back from there.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from probe.errors import ProbeError
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A zoo entry. Exactly one of `hub_id`, `builder` and `path` says where the weights come from."""
+
+    name: str
+    family: str
+    hub_id: str | None = None
+    builder: Callable[[], tuple] | None = None
+    build_version: str = "1"
+    path: Path | None = None
+    description: str = ""
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to probe: the HF model, its processor and the adapter for its family."""
+
+    name: str
+    source: str
+    family: str
+    model: torch.nn.Module
+    processor: object
+    adapter: object
+    revision: str | None = None
+    extra: dict = field(default_factory=dict)
+
+
+REGISTRY: dict[str, ModelSpec] = {}
+
+
+def register(spec: ModelSpec) -> ModelSpec:
+    REGISTRY[spec.name] = spec
+    return spec
+
+
+def _register_defaults() -> None:
+    from probe.builtin.tiny import build_tiny_llava, build_tiny_llava_next
+
+    for name, hub_id, family in [
+        ("llava-v1.5-7b", "llava-hf/llava-1.5-7b-hf", "llava"),
+        ("llava-v1.5-13b", "llava-hf/llava-1.5-13b-hf", "llava"),
+        ("llava-v1.6-mistral-7b", "llava-hf/llava-v1.6-mistral-7b-hf", "llava_next"),
+        ("llava-v1.6-vicuna-7b", "llava-hf/llava-v1.6-vicuna-7b-hf", "llava_next"),
+        ("llava-mini-8b", "ICTNLP/llava-mini-llama-3.1-8b", "llava_mini"),
+    ]:
+        register(ModelSpec(name=name, family=family, hub_id=hub_id, description=f"{hub_id} (download required)"))
+    register(
+        ModelSpec(
+            name="tiny-llava",
+            family="llava",
+            builder=build_tiny_llava,
+            description="seeded random LlavaForConditionalGeneration, 336 px / patch 14, 576 vision tokens",
+        )
+    )
+    register(
+        ModelSpec(
+            name="tiny-llava-next",
+            family="llava_next",
+            builder=build_tiny_llava_next,
+            description="seeded random LlavaNextForConditionalGeneration (anyres tiling)",
+        )
+    )
+
+
+_register_defaults()
+
+
+# --- families: how a directory of each kind is loaded ---------------------------------------------
+def _load_hf_llava(source: str, family: str, dtype: torch.dtype, **kwargs):
+    from transformers import AutoProcessor, LlavaForConditionalGeneration, LlavaNextForConditionalGeneration
+
+    model_cls = LlavaNextForConditionalGeneration if family == "llava_next" else LlavaForConditionalGeneration
+    model = model_cls.from_pretrained(source, dtype=dtype, attn_implementation="sdpa", **kwargs)
+    processor = AutoProcessor.from_pretrained(source, **kwargs)
+    return model, processor
+
+
+@dataclass(frozen=True)
+class Family:
+    """How a model family is loaded from a directory / hub id, and which adapter probes it."""
+
+    loader: Callable  # (source, family, dtype, **from_pretrained_kwargs) -> (model, processor)
+    adapter: Callable  # (model, processor) -> Adapter
+
+
+FAMILIES: dict[str, Family] = {}
+MODEL_TYPE_TO_FAMILY = {"llava": "llava", "llava_next": "llava_next", "llava_mini_llama": "llava_mini", "llava_mini": "llava_mini"}
+
+
+def register_family(name: str, family: Family) -> None:
+    FAMILIES[name] = family
+
+
+def _register_hf_families() -> None:
+    from probe.adapters.llava import LlavaAdapter, LlavaNextAdapter
+
+    register_family("llava", Family(loader=_load_hf_llava, adapter=LlavaAdapter))
+    register_family("llava_next", Family(loader=_load_hf_llava, adapter=LlavaNextAdapter))
+
+
+def probe_home() -> Path:
+    return Path(os.environ.get("PROBE_HOME", Path.home() / ".cache" / "probe"))
+
+
+def materialise(spec: ModelSpec) -> Path:
+    """Build a built-in model once and save it like a download; later loads reuse the directory."""
+    target = probe_home() / "models" / f"{spec.name}-v{spec.build_version}"
+    if (target / "config.json").is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{spec.name}-", dir=target.parent))
+    try:
+        model, processor = spec.builder()
+        model.save_pretrained(staging)
+        processor.save_pretrained(staging)
+        try:
+            staging.rename(target)
+        except OSError:  # another process finished first: use theirs
+            if not (target / "config.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def resolve(name_or_path: str) -> tuple[str, str, ModelSpec | None]:
+    """-> (source for from_pretrained, family, registry entry or None)."""
+    if name_or_path in REGISTRY:
+        spec = REGISTRY[name_or_path]
+        if spec.builder is not None:
+            return str(materialise(spec)), spec.family, spec
+        if spec.path is not None:
+            return str(spec.path), spec.family, spec
+        return spec.hub_id, spec.family, spec
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        return str(path), _family_from_config(_read_local_config(path), name_or_path), None
+    if name_or_path.count("/") == 1 and not name_or_path.startswith((".", "/")):
+        return name_or_path, _family_from_config(_read_hub_config(name_or_path), name_or_path), None
+    known = ", ".join(sorted(REGISTRY))
+    raise ProbeError(f"unknown model '{name_or_path}': use one of {known}, a hub id (org/name) or a local directory")
+
+
+def _read_local_config(path: Path) -> dict:
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise ProbeError(f"{path} is not a model directory (no config.json)")
+    try:
+        return json.loads(config_file.read_text())
+    except json.JSONDecodeError:
+        raise ProbeError(f"{config_file} is not valid JSON") from None
+
+
+def _missing_weights(hub_id: str) -> ProbeError:
+    return ProbeError(
+        f"weights for '{hub_id}' are not available locally and could not be downloaded; "
+        f"download them where the hub is reachable (hf download {hub_id} --local-dir DIR) and pass --model DIR"
+    )
+
+
+def _read_hub_config(hub_id: str) -> dict:
+    from huggingface_hub import hf_hub_download
+
+    try:
+        return json.loads(Path(hf_hub_download(hub_id, "config.json", local_files_only=True)).read_text())
+    except Exception:
+        if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false"):
+            raise _missing_weights(hub_id) from None
+    try:
+        return json.loads(Path(hf_hub_download(hub_id, "config.json")).read_text())
+    except Exception:
+        raise _missing_weights(hub_id) from None
+
+
+def _family_from_config(config: dict, name: str) -> str:
+    model_type = config.get("model_type", "")
+    if model_type not in MODEL_TYPE_TO_FAMILY:
+        raise ProbeError(f"'{name}' is a '{model_type}' model; probe supports {sorted(set(MODEL_TYPE_TO_FAMILY))}")
+    return MODEL_TYPE_TO_FAMILY[model_type]
+
+
+def parse_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+             "float16": torch.float16, "fp16": torch.float16}
+    if dtype not in table:
+        raise ProbeError(f"unknown dtype '{dtype}': use auto, float32, bfloat16 or float16")
+    return table[dtype]
+
+
+def parse_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ProbeError("--device cuda was asked for but no CUDA device is available")
+    try:
+        return torch.device(device)
+    except RuntimeError:
+        raise ProbeError(f"unknown device '{device}': use cpu, cuda or auto") from None
+
+
+def load(name_or_path: str, device: str = "auto", dtype: str = "auto") -> LoadedModel:
+    """Load a zoo name, hub id or local directory, ready to probe."""
+    source, family, spec = resolve(name_or_path)
+    torch_device = parse_device(device)
+    torch_dtype = parse_dtype(dtype, torch_device)
+    family_impl = get_family(family)
+    local_only = Path(source).is_dir() or os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
+    try:
+        model, processor = family_impl.loader(source, family, torch_dtype, local_files_only=local_only)
+    except ProbeError:
+        raise
+    except OSError as exc:
+        if Path(source).is_dir():
+            raise ProbeError(f"cannot load model from {source}: {str(exc).splitlines()[0]}") from None
+        raise _missing_weights(source) from None
+    model = model.to(torch_device).eval()
+    adapter = family_impl.adapter(model, processor)
+    revision = getattr(model.config, "_commit_hash", None)
+    return LoadedModel(
+        name=name_or_path, source=source, family=family, model=model, processor=processor,
+        adapter=adapter, revision=revision,
+    )
+
+
+def get_family(family: str) -> Family:
+    """Families living in other packages (e.g. `llava_mini`) register themselves on import."""
+    if not FAMILIES:
+        _register_hf_families()
+    if family == "llava_mini" and family not in FAMILIES:
+        try:
+            import llava_mini.zoo  # noqa: F401
+        except ImportError:
+            pass
+    if family not in FAMILIES:
+        raise ProbeError(f"model family '{family}' is not supported yet")
+    return FAMILIES[family]
