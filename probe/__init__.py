@@ -30,7 +30,7 @@ def attention(
     """Tidy per-layer attention table for one image + prompt, or a JSONL dataset (nothing written)."""
     import pandas as pd
 
-    from probe.attention import AttentionOptions, probe_sample
+    from probe.attention_job import AttentionOptions, probe_sample
     from probe.inputs import make_sample, read_dataset
 
     if dataset is not None:

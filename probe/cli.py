@@ -47,7 +47,7 @@ def _default_out(model: str) -> Path:
 def attention_command(model_name, images, prompt, response, generate, dataset, limit, backend, per_head, out, overwrite,
                       device, dtype, seed) -> None:
     """Per-layer attention mass and entropy on vision / instruction / response tokens (paper Figs. 2-3)."""
-    from probe.attention import AttentionOptions, run_attention
+    from probe.attention_job import AttentionOptions, run_attention
     from probe.engines import get_engine
     from probe.inputs import make_sample, read_dataset
     from probe.zoo import load
