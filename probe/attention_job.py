@@ -77,7 +77,12 @@ def manifest_for(loaded: LoadedModel, options: AttentionOptions, samples: list[S
     config = loaded.model.config.to_dict()
     return {
         "command": "attention",
-        "model": {"name": loaded.name, "source": loaded.source, "family": loaded.family, "revision": loaded.revision},
+        "model": {
+            "name": loaded.name,
+            "source": loaded.source,
+            "family": loaded.family,
+            "revision": loaded.revision,
+        },
         "model_config": config,
         "device": str(loaded.adapter.device),
         "dtype": str(next(loaded.model.parameters()).dtype),
@@ -90,7 +95,9 @@ def manifest_for(loaded: LoadedModel, options: AttentionOptions, samples: list[S
             **options.extra,
         },
         "n_samples": len(samples),
-        "samples_fingerprint": _fingerprint([(s.sample_id, s.prompt, s.image_sources, s.response) for s in samples]),
+        "samples_fingerprint": _fingerprint(
+            [(s.sample_id, s.prompt, s.image_sources, s.response) for s in samples]
+        ),
         "entropy_unit": "nats",
         "layer_index": "0-based",
         "versions": versions(),
@@ -117,7 +124,9 @@ def prepare_run_dir(out_dir: Path, manifest: dict, overwrite: bool) -> Path:
     if parts.exists():
         same_run = key_file.is_file() and key_file.read_text().strip() == key
         if not same_run and not overwrite:
-            raise ProbeError(f"{out_dir} holds an unfinished run with other settings; pass --overwrite or choose another --out")
+            raise ProbeError(
+                f"{out_dir} holds an unfinished run with other settings; pass --overwrite or choose another --out"
+            )
         if not same_run or overwrite:
             shutil.rmtree(parts)
     if overwrite and out_dir.exists():
@@ -144,9 +153,13 @@ def run_attention(
         print(f"resuming: {len(samples) - len(todo)} of {len(samples)} samples already done")
     for k, sample in tqdm(todo, desc="samples", unit="sample", disable=not progress or len(samples) < 2):
         table, info = probe_sample(loaded, sample, options)
-        atomic_write(parts / f"{k:07d}.json", lambda p, info=info: p.write_text(json.dumps(info, default=str)))
+        atomic_write(
+            parts / f"{k:07d}.json", lambda p, info=info: p.write_text(json.dumps(info, default=str))
+        )
         atomic_write(parts / f"{k:07d}.parquet", lambda p, table=table: table.to_parquet(p, index=False))
-    table = pd.concat([pd.read_parquet(parts / f"{k:07d}.parquet") for k in range(len(samples))], ignore_index=True)
+    table = pd.concat(
+        [pd.read_parquet(parts / f"{k:07d}.parquet") for k in range(len(samples))], ignore_index=True
+    )
     infos = [json.loads((parts / f"{k:07d}.json").read_text()) for k in range(len(samples))]
     finish_run(Path(out_dir), table, pd.DataFrame(infos), manifest)
     shutil.rmtree(parts)

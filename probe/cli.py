@@ -30,22 +30,53 @@ def _default_out(model: str) -> Path:
 
 
 @cli.command("attention")
-@click.option("--model", "model_name", required=True, help="Zoo name (see `probe models`), hub id or local directory.")
-@click.option("--image", "images", multiple=True, help="Image file or skimage:NAME; repeat for several images.")
+@click.option(
+    "--model", "model_name", required=True, help="Zoo name (see `probe models`), hub id or local directory."
+)
+@click.option(
+    "--image", "images", multiple=True, help="Image file or skimage:NAME; repeat for several images."
+)
 @click.option("--prompt", help="Prompt with one <image> slot per image, e.g. '<image> What is shown?'.")
 @click.option("--response", help="Teacher-forced response whose tokens form the response role.")
-@click.option("--generate", type=click.IntRange(min=1), help="Generate up to N response tokens (greedy) instead.")
-@click.option("--dataset", type=click.Path(path_type=Path), help="JSONL file: one {image(s), prompt, answer?} per line.")
+@click.option(
+    "--generate", type=click.IntRange(min=1), help="Generate up to N response tokens (greedy) instead."
+)
+@click.option(
+    "--dataset", type=click.Path(path_type=Path), help="JSONL file: one {image(s), prompt, answer?} per line."
+)
 @click.option("--limit", type=click.IntRange(min=1), help="Use only the first N dataset samples.")
 @click.option("--backend", default="eager", show_default=True, help="Statistics engine.")
-@click.option("--per-head", is_flag=True, help="Also write per-head rows (not the paper's quantity for entropy).")
-@click.option("--out", type=click.Path(path_type=Path), help="Run directory [default: runs/<model>-attention].")
+@click.option(
+    "--per-head", is_flag=True, help="Also write per-head rows (not the paper's quantity for entropy)."
+)
+@click.option(
+    "--out", type=click.Path(path_type=Path), help="Run directory [default: runs/<model>-attention]."
+)
 @click.option("--overwrite", is_flag=True, help="Replace a finished or different run in --out.")
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda or auto.")
-@click.option("--dtype", default="auto", show_default=True, help="auto (fp32 on CPU, bf16 on CUDA), float32, bfloat16, float16.")
+@click.option(
+    "--dtype",
+    default="auto",
+    show_default=True,
+    help="auto (fp32 on CPU, bf16 on CUDA), float32, bfloat16, float16.",
+)
 @click.option("--seed", default=0, show_default=True, type=int)
-def attention_command(model_name, images, prompt, response, generate, dataset, limit, backend, per_head, out, overwrite,
-                      device, dtype, seed) -> None:
+def attention_command(
+    model_name,
+    images,
+    prompt,
+    response,
+    generate,
+    dataset,
+    limit,
+    backend,
+    per_head,
+    out,
+    overwrite,
+    device,
+    dtype,
+    seed,
+) -> None:
     """Per-layer attention mass and entropy on vision / instruction / response tokens (paper Figs. 2-3)."""
     from probe.attention_job import AttentionOptions, run_attention
     from probe.engines import get_engine

@@ -53,7 +53,9 @@ def load_image(source: str | Path) -> Image.Image:
             img.load()
             return img.convert("RGB")
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise ProbeError(f"cannot read image {source}: not a valid image file ({exc.__class__.__name__})") from None
+        raise ProbeError(
+            f"cannot read image {source}: not a valid image file ({exc.__class__.__name__})"
+        ) from None
 
 
 def _skimage_sample(name: str) -> Image.Image:
@@ -61,7 +63,9 @@ def _skimage_sample(name: str) -> Image.Image:
 
     fn = getattr(data, name, None)
     if fn is None or not callable(fn) or name.startswith("_"):
-        raise ProbeError(f"unknown scikit-image sample '{name}' (try skimage:astronaut, skimage:coffee, skimage:chelsea)")
+        raise ProbeError(
+            f"unknown scikit-image sample '{name}' (try skimage:astronaut, skimage:coffee, skimage:chelsea)"
+        )
     array = np.asarray(fn())
     if array.ndim == 2:
         array = np.stack([array] * 3, axis=-1)
@@ -73,7 +77,9 @@ def _skimage_sample(name: str) -> Image.Image:
 def check_image_slots(prompt: str, n_images: int, where: str = "prompt") -> None:
     slots = prompt.count(IMAGE_SLOT)
     if slots == 0:
-        raise ProbeError(f"{where} has no {IMAGE_SLOT} slot: mark where the image goes, e.g. '{IMAGE_SLOT} What is shown?'")
+        raise ProbeError(
+            f"{where} has no {IMAGE_SLOT} slot: mark where the image goes, e.g. '{IMAGE_SLOT} What is shown?'"
+        )
     if slots != n_images:
         raise ProbeError(f"{where} has {slots} {IMAGE_SLOT} slot(s) but {n_images} image(s) were given")
 
@@ -131,7 +137,10 @@ def read_dataset(path: str | Path) -> list[Sample]:
                 raise ProbeError(f"{where}: needs a non-empty 'prompt'")
             if IMAGE_SLOT not in prompt:
                 prompt = "".join(f"{IMAGE_SLOT}\n" for _ in images) + prompt
-            resolved = [i if i.startswith(SKIMAGE_PREFIX) or Path(i).is_absolute() else str(path.parent / i) for i in images]
+            resolved = [
+                i if i.startswith(SKIMAGE_PREFIX) or Path(i).is_absolute() else str(path.parent / i)
+                for i in images
+            ]
             try:
                 sample = make_sample(
                     prompt,
@@ -144,7 +153,11 @@ def read_dataset(path: str | Path) -> list[Sample]:
             except ProbeError as exc:
                 msg = str(exc)
                 raise ProbeError(msg if msg.startswith(where) else f"{where}: {msg}") from None
-            sample.meta = {k: v for k, v in record.items() if k not in {"image", "images", "prompt", "question", "response"}}
+            sample.meta = {
+                k: v
+                for k, v in record.items()
+                if k not in {"image", "images", "prompt", "question", "response"}
+            }
             samples.append(sample)
     if not samples:
         raise ProbeError(f"dataset {path} is empty")

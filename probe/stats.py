@@ -48,7 +48,9 @@ def group_roles(
         p, h = mass[..., idx], entropy[..., idx]
         p_sum = p.sum(-1)
         term = torch.where(p > 0, p * (p.clamp_min(1e-300).log() - h), torch.zeros_like(p)).sum(-1)
-        h_sum = torch.where(p_sum > 0, p_sum.clamp_min(1e-300).log() - term / p_sum.clamp_min(1e-300), float("nan"))
+        h_sum = torch.where(
+            p_sum > 0, p_sum.clamp_min(1e-300).log() - term / p_sum.clamp_min(1e-300), float("nan")
+        )
         out_mass.append(p_sum)
         out_entropy.append(h_sum)
         out_visible.append(visible[..., idx].any(-1))
@@ -89,7 +91,9 @@ def layer_rows(
     rows: list[dict] = []
     for grouping in groupings:
         group_of = GROUPINGS[grouping]
-        groups, mass, entropy, visible = group_roles(roles.labels, stats.mass, stats.entropy, stats.visible, group_of)
+        groups, mass, entropy, visible = group_roles(
+            roles.labels, stats.mass, stats.entropy, stats.visible, group_of
+        )
         label_to_group = torch.tensor([groups.index(group_of(label)) for label in roles.labels])
         head_parts = None
         if stats.head_mass is not None:
@@ -102,14 +106,26 @@ def layer_rows(
             tgt_of_token = torch.where(ids >= 0, label_to_group[ids.clamp(min=0)], -1)
             base = {"sample": sample_id, "stage": stats.stage, "layer": stats.layer, "grouping": grouping}
             for tgt, src, m, e, n in _reduce(groups, tgt_of_token, groups, mass[b], entropy[b], visible[b]):
-                rows.append({**base, "tgt": tgt, "src": src, "head": None, "mass": m, "entropy": e, "n_targets": n})
+                rows.append(
+                    {**base, "tgt": tgt, "src": src, "head": None, "mass": m, "entropy": e, "n_targets": n}
+                )
             if head_parts is not None:
                 h_mass, h_entropy = head_parts
                 for h in range(h_mass.shape[1]):
                     for tgt, src, m, e, n in _reduce(
                         groups, tgt_of_token, groups, h_mass[b, h], h_entropy[b, h], visible[b]
                     ):
-                        rows.append({**base, "tgt": tgt, "src": src, "head": h, "mass": m, "entropy": e, "n_targets": n})
+                        rows.append(
+                            {
+                                **base,
+                                "tgt": tgt,
+                                "src": src,
+                                "head": h,
+                                "mass": m,
+                                "entropy": e,
+                                "n_targets": n,
+                            }
+                        )
     return rows
 
 

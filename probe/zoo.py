@@ -65,7 +65,9 @@ def _register_defaults() -> None:
         ("llava-v1.6-vicuna-7b", "llava-hf/llava-v1.6-vicuna-7b-hf", "llava_next"),
         ("llava-mini-8b", "ICTNLP/llava-mini-llama-3.1-8b", "llava_mini"),
     ]:
-        register(ModelSpec(name=name, family=family, hub_id=hub_id, description=f"{hub_id} (download required)"))
+        register(
+            ModelSpec(name=name, family=family, hub_id=hub_id, description=f"{hub_id} (download required)")
+        )
     register(
         ModelSpec(
             name="tiny-llava",
@@ -106,7 +108,12 @@ class Family:
 
 
 FAMILIES: dict[str, Family] = {}
-MODEL_TYPE_TO_FAMILY = {"llava": "llava", "llava_next": "llava_next", "llava_mini_llama": "llava_mini", "llava_mini": "llava_mini"}
+MODEL_TYPE_TO_FAMILY = {
+    "llava": "llava",
+    "llava_next": "llava_next",
+    "llava_mini_llama": "llava_mini",
+    "llava_mini": "llava_mini",
+}
 
 
 def register_family(name: str, family: Family) -> None:
@@ -160,7 +167,9 @@ def resolve(name_or_path: str) -> tuple[str, str, ModelSpec | None]:
     if name_or_path.count("/") == 1 and not name_or_path.startswith((".", "/")):
         return name_or_path, _family_from_config(_read_hub_config(name_or_path), name_or_path), None
     known = ", ".join(sorted(REGISTRY))
-    raise ProbeError(f"unknown model '{name_or_path}': use one of {known}, a hub id (org/name) or a local directory")
+    raise ProbeError(
+        f"unknown model '{name_or_path}': use one of {known}, a hub id (org/name) or a local directory"
+    )
 
 
 def _read_local_config(path: Path) -> dict:
@@ -197,15 +206,23 @@ def _read_hub_config(hub_id: str) -> dict:
 def _family_from_config(config: dict, name: str) -> str:
     model_type = config.get("model_type", "")
     if model_type not in MODEL_TYPE_TO_FAMILY:
-        raise ProbeError(f"'{name}' is a '{model_type}' model; probe supports {sorted(set(MODEL_TYPE_TO_FAMILY))}")
+        raise ProbeError(
+            f"'{name}' is a '{model_type}' model; probe supports {sorted(set(MODEL_TYPE_TO_FAMILY))}"
+        )
     return MODEL_TYPE_TO_FAMILY[model_type]
 
 
 def parse_dtype(dtype: str, device: torch.device) -> torch.dtype:
     if dtype == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
-    table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-             "float16": torch.float16, "fp16": torch.float16}
+    table = {
+        "float32": torch.float32,
+        "fp32": torch.float32,
+        "bfloat16": torch.bfloat16,
+        "bf16": torch.bfloat16,
+        "float16": torch.float16,
+        "fp16": torch.float16,
+    }
     if dtype not in table:
         raise ProbeError(f"unknown dtype '{dtype}': use auto, float32, bfloat16 or float16")
     return table[dtype]
@@ -241,8 +258,13 @@ def load(name_or_path: str, device: str = "auto", dtype: str = "auto") -> Loaded
     adapter = family_impl.adapter(model, processor)
     revision = getattr(model.config, "_commit_hash", None)
     return LoadedModel(
-        name=name_or_path, source=source, family=family, model=model, processor=processor,
-        adapter=adapter, revision=revision,
+        name=name_or_path,
+        source=source,
+        family=family,
+        model=model,
+        processor=processor,
+        adapter=adapter,
+        revision=revision,
     )
 
 

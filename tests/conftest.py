@@ -43,5 +43,26 @@ def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     return subprocess.run(
         [sys.executable, "-c", "from probe.cli import main; main()", *args],
-        capture_output=True, text=True, cwd=cwd, env=env, timeout=600,
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
+        timeout=600,
     )
+
+
+def invoke(capsys, *args: str) -> tuple[int, str, str]:
+    """Run `probe ...` in-process through the real entry point (faster than a subprocess)."""
+    from probe.cli import main
+
+    old_argv = sys.argv
+    sys.argv = ["probe", *args]
+    code = 0
+    try:
+        main()
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    finally:
+        sys.argv = old_argv
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err

@@ -56,7 +56,9 @@ def reference_table(model, prepared) -> dict:
 @pytest.mark.parametrize("prompt,response", PROMPTS)
 def test_mass_and_entropy_match_independent_eager_computation(tiny_llava, prompt, response):
     sample = make_sample(prompt, ["skimage:astronaut"], response=response)
-    table = probe.attention(tiny_llava, image="skimage:astronaut", prompt=prompt, response=response, backend="eager")
+    table = probe.attention(
+        tiny_llava, image="skimage:astronaut", prompt=prompt, response=response, backend="eager"
+    )
     prepared = tiny_llava.adapter.prepare(sample)
     expected = reference_table(tiny_llava.model, prepared)
     rows = table[(table["grouping"] == "paper") & table["head"].isna()]
@@ -82,8 +84,14 @@ def test_mass_over_all_sources_sums_to_one_for_every_target(tiny_llava):
 
 
 def test_per_head_rows_average_to_head_averaged_mass(tiny_llava):
-    table = probe.attention(tiny_llava, image="skimage:astronaut", prompt="<image> Hi?", response="yes", per_head=True,
-                            backend="eager")
+    table = probe.attention(
+        tiny_llava,
+        image="skimage:astronaut",
+        prompt="<image> Hi?",
+        response="yes",
+        per_head=True,
+        backend="eager",
+    )
     paper = table[table["grouping"] == "paper"]
     per_head = paper[paper["head"].notna()].groupby(["layer", "tgt", "src"])["mass"].mean()
     averaged = paper[paper["head"].isna()].set_index(["layer", "tgt", "src"])["mass"]
@@ -94,8 +102,13 @@ def test_per_head_rows_average_to_head_averaged_mass(tiny_llava):
 
 
 def test_fine_roles_regroup_to_the_papers_three(tiny_llava):
-    table = probe.attention(tiny_llava, image=["skimage:astronaut", "skimage:coffee"],
-                            prompt="<image> and <image>: which is a drink?", response="the second", backend="eager")
+    table = probe.attention(
+        tiny_llava,
+        image=["skimage:astronaut", "skimage:coffee"],
+        prompt="<image> and <image>: which is a drink?",
+        response="the second",
+        backend="eager",
+    )
     fine = table[(table["grouping"] == "fine") & table["head"].isna()]
     assert {"system", "image:0", "image:1", "instruction", "response"} <= set(fine["src"])
     paper = table[(table["grouping"] == "paper") & table["head"].isna()]

@@ -77,7 +77,9 @@ class LlavaAdapter(Adapter):
         except Exception:  # processors without the helper: equal split
             counts = [n_positions // len(images)] * len(images)
         if sum(counts) != n_positions:
-            raise ProbeError(f"found {n_positions} image tokens but expected {sum(counts)} for {len(images)} image(s)")
+            raise ProbeError(
+                f"found {n_positions} image tokens but expected {sum(counts)} for {len(images)} image(s)"
+            )
         return counts
 
     def encode_response(self, response: str) -> list[int]:
@@ -96,14 +98,20 @@ class LlavaAdapter(Adapter):
         inputs["input_ids"] = torch.tensor([ids])
         inputs["attention_mask"] = torch.ones(1, len(ids), dtype=torch.long)
         roles = self._roles(prompt_ids, len(ids), images)
-        return Prepared(inputs=inputs, roles={"llm": roles}, prompt_length=len(prompt_ids), response_ids=response_ids)
+        return Prepared(
+            inputs=inputs, roles={"llm": roles}, prompt_length=len(prompt_ids), response_ids=response_ids
+        )
 
     def _roles(self, prompt_ids: list[int], length: int, images) -> StageRoles:
         positions = [i for i, t in enumerate(prompt_ids) if t == self.image_token_id]
         counts = self.tokens_per_image(images, len(positions))
         labels = ["system"] + [f"image:{k}" for k in range(len(images))] + ["instruction", "response"]
         n_system = min(self.system_prefix_length(prompt_ids), positions[0] if positions else len(prompt_ids))
-        spans = [("system", 0, n_system), ("instruction", n_system, len(prompt_ids)), ("response", len(prompt_ids), length)]
+        spans = [
+            ("system", 0, n_system),
+            ("instruction", n_system, len(prompt_ids)),
+            ("response", len(prompt_ids), length),
+        ]
         grids, start = [], 0
         for k, count in enumerate(counts):
             image_positions = positions[start : start + count]

@@ -43,7 +43,9 @@ def tiny_vision_config(hidden: int = 64, layers: int = 3) -> CLIPVisionConfig:
     )
 
 
-def tiny_text_config(vocab_size: int, hidden: int = 64, layers: int = 4, heads: int = 4, kv_heads: int = 2) -> LlamaConfig:
+def tiny_text_config(
+    vocab_size: int, hidden: int = 64, layers: int = 4, heads: int = 4, kv_heads: int = 2
+) -> LlamaConfig:
     return LlamaConfig(
         vocab_size=vocab_size,
         hidden_size=hidden,
