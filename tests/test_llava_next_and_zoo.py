@@ -1,0 +1,87 @@
+"""LLaVA-NeXT token spans for images of different aspect ratios, and the zoo's load path."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from PIL import Image
+
+import probe
+from probe.errors import ProbeError
+from probe.inputs import make_sample
+from probe.zoo import REGISTRY, materialise
+
+
+@pytest.fixture
+def images(tmp_path):
+    """A wide, a tall and a square picture (different anyres tilings)."""
+    from skimage import data
+
+    base = Image.fromarray(data.astronaut())
+    paths = []
+    for name, size in [("wide", (600, 200)), ("tall", (180, 520)), ("square", (400, 400))]:
+        path = tmp_path / f"{name}.png"
+        base.resize(size).save(path)
+        paths.append(str(path))
+    return paths
+
+
+def test_llava_next_vision_role_covers_every_crop_and_newline(tiny_llava_next, images):
+    adapter = tiny_llava_next.adapter
+    model = tiny_llava_next.model
+    sample = make_sample("<image> first, <image> second, <image> third: which is widest?", images)
+    prepared = adapter.prepare(sample)
+    roles = prepared.roles["llm"]
+    inputs = prepared.inputs
+    with torch.no_grad():
+        features = model.model.get_image_features(
+            pixel_values=inputs["pixel_values"], image_sizes=inputs["image_sizes"]
+        )
+    features = getattr(features, "pooler_output", features)
+    expected_counts = [f.shape[0] for f in features]  # the model's own feature count per image, newlines included
+    assert len(set(expected_counts)) == 3  # three aspect ratios, three different token counts
+    labels = roles.labels
+    ids = roles.role_ids[0]
+    for k, count in enumerate(expected_counts):
+        assert int((ids == labels.index(f"image:{k}")).sum()) == count
+    image_positions = inputs["input_ids"][0] == model.config.image_token_id
+    vision = torch.isin(ids, torch.tensor([labels.index(f"image:{k}") for k in range(3)]))
+    assert torch.equal(vision, image_positions)
+    # each image's base 24 x 24 view is recorded for attention maps, inside that image's span
+    assert [g.image_index for g in roles.grids] == [0, 1, 2]
+    for grid in roles.grids:
+        assert grid.positions.shape == (24, 24)
+        assert bool((ids[grid.positions.flatten()] == labels.index(f"image:{grid.image_index}")).all())
+
+
+def test_llava_next_probe_runs_and_masses_sum_to_one(tiny_llava_next, images):
+    table = probe.attention(tiny_llava_next, image=images[0], prompt="<image> Describe.", response="ok", backend="eager")
+    assert set(table["tgt"]) >= {"instruction", "vision", "response"}
+    assert table["layer"].nunique() == tiny_llava_next.model.config.text_config.num_hidden_layers
+
+
+def test_builtin_model_is_saved_once_and_loaded_like_a_download(probe_home, tiny_llava):
+    directory = materialise(REGISTRY["tiny-llava"])
+    assert directory.parent == probe_home / "models"
+    assert {"config.json", "model.safetensors", "tokenizer.json", "processor_config.json"} <= set(os.listdir(directory))
+    stamp = (directory / "model.safetensors").stat().st_mtime_ns
+    again = probe.load(str(directory), device="cpu")  # a local directory goes through the same loader
+    assert (directory / "model.safetensors").stat().st_mtime_ns == stamp  # not rebuilt
+    assert again.family == "llava"
+    for (name, a), (_, b) in zip(again.model.state_dict().items(), tiny_llava.model.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+
+
+def test_zoo_names_and_errors(tmp_path):
+    assert REGISTRY["llava-v1.5-7b"].hub_id == "llava-hf/llava-1.5-7b-hf"
+    assert REGISTRY["llava-v1.6-mistral-7b"].family == "llava_next"
+    assert REGISTRY["llava-mini-8b"].hub_id == "ICTNLP/llava-mini-llama-3.1-8b"
+    with pytest.raises(ProbeError, match="not a model directory"):
+        probe.load(str(tmp_path), device="cpu")
+    (tmp_path / "config.json").write_text('{"model_type": "bert"}')
+    with pytest.raises(ProbeError, match="is a 'bert' model"):
+        probe.load(str(tmp_path), device="cpu")
+    with pytest.raises(ProbeError, match="unknown dtype"):
+        probe.load("tiny-llava", device="cpu", dtype="int3")
