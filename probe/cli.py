@@ -104,6 +104,9 @@ def attention_command(
 
 def main() -> None:
     """Entry point: user errors are one line on stderr and exit code 2, never a traceback."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # our own progress bars are the ones that matter
     try:
         cli.main(standalone_mode=False)
     except ProbeError as exc:

@@ -51,6 +51,7 @@ def entropy_within_roles(probs: torch.Tensor, onehot: torch.Tensor) -> tuple[tor
     plogp = torch.where(probs > 0, probs * probs.log(), torch.zeros_like(probs)) @ onehot
     # H_r = -sum_j (p_j / m_r) log(p_j / m_r) = log m_r - (1 / m_r) sum_j p_j log p_j
     entropy = torch.where(mass > 0, mass.log() - plogp / mass, torch.full_like(mass, float("nan")))
+    entropy = entropy.clamp_min(0.0)  # rounding can give -1e-17 for one-token roles; NaN stays NaN
     return mass.float(), entropy.float()
 
 
