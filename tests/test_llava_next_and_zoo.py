@@ -40,7 +40,9 @@ def test_llava_next_vision_role_covers_every_crop_and_newline(tiny_llava_next, i
             pixel_values=inputs["pixel_values"], image_sizes=inputs["image_sizes"]
         )
     features = getattr(features, "pooler_output", features)
-    expected_counts = [f.shape[0] for f in features]  # the model's own feature count per image, newlines included
+    expected_counts = [
+        f.shape[0] for f in features
+    ]  # the model's own feature count per image, newlines included
     assert len(set(expected_counts)) == 3  # three aspect ratios, three different token counts
     labels = roles.labels
     ids = roles.role_ids[0]
@@ -57,7 +59,9 @@ def test_llava_next_vision_role_covers_every_crop_and_newline(tiny_llava_next, i
 
 
 def test_llava_next_probe_runs_and_masses_sum_to_one(tiny_llava_next, images):
-    table = probe.attention(tiny_llava_next, image=images[0], prompt="<image> Describe.", response="ok", backend="eager")
+    table = probe.attention(
+        tiny_llava_next, image=images[0], prompt="<image> Describe.", response="ok", backend="eager"
+    )
     assert set(table["tgt"]) >= {"instruction", "vision", "response"}
     assert table["layer"].nunique() == tiny_llava_next.model.config.text_config.num_hidden_layers
 
@@ -65,12 +69,16 @@ def test_llava_next_probe_runs_and_masses_sum_to_one(tiny_llava_next, images):
 def test_builtin_model_is_saved_once_and_loaded_like_a_download(probe_home, tiny_llava):
     directory = materialise(REGISTRY["tiny-llava"])
     assert directory.parent == probe_home / "models"
-    assert {"config.json", "model.safetensors", "tokenizer.json", "processor_config.json"} <= set(os.listdir(directory))
+    assert {"config.json", "model.safetensors", "tokenizer.json", "processor_config.json"} <= set(
+        os.listdir(directory)
+    )
     stamp = (directory / "model.safetensors").stat().st_mtime_ns
     again = probe.load(str(directory), device="cpu")  # a local directory goes through the same loader
     assert (directory / "model.safetensors").stat().st_mtime_ns == stamp  # not rebuilt
     assert again.family == "llava"
-    for (name, a), (_, b) in zip(again.model.state_dict().items(), tiny_llava.model.state_dict().items(), strict=True):
+    for (name, a), (_, b) in zip(
+        again.model.state_dict().items(), tiny_llava.model.state_dict().items(), strict=True
+    ):
         assert torch.equal(a, b), name
 
 
@@ -85,3 +93,14 @@ def test_zoo_names_and_errors(tmp_path):
         probe.load(str(tmp_path), device="cpu")
     with pytest.raises(ProbeError, match="unknown dtype"):
         probe.load("tiny-llava", device="cpu", dtype="int3")
+
+
+def test_bfloat16_model_gives_the_same_profile_within_bf16_precision(probe_home, tiny_llava):
+    low = probe.load("tiny-llava", device="cpu", dtype="bfloat16")
+    assert next(low.model.parameters()).dtype == torch.bfloat16
+    kwargs = dict(image="skimage:astronaut", prompt="<image> What?", response="A man.", backend="eager")
+    a = probe.attention(tiny_llava, **kwargs)
+    b = probe.attention(low, **kwargs)
+    assert len(a) == len(b)
+    assert (a["mass"] - b["mass"]).abs().max() < 2e-2
+    assert (a["n_targets"] == b["n_targets"]).all()
