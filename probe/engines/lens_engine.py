@@ -32,6 +32,10 @@ def bridge_for(adapter: Adapter):
         from transformer_lens.model_bridge import TransformerBridge
 
         model = copy.deepcopy(adapter.model)
+        if not getattr(
+            model.config, "architectures", None
+        ):  # models built from a config (not loaded) lack it
+            model.config.architectures = [type(model).__name__]
         source = getattr(model.config, "_name_or_path", "") or adapter.family
         tokenizer = getattr(adapter.processor, "tokenizer", None)
         try:

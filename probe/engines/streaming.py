@@ -215,28 +215,41 @@ def collect(
     keys_per_block = max(1, min(n_keys, offset + n_q))
     block = max(1, int(context.block_bytes // (4 * bsz * n_heads * keys_per_block)))
     parts = {"mass": [], "entropy": [], "visible": [], "head_mass": [], "head_entropy": [], "grid": {}}
+    plain_causal = causal and attention_mask is None  # the common case: no mask tensor, only causality
+    if plain_causal:  # visibility straight from the roles: query i sees role r iff some key j <= i has it
+        seen_all = onehot.cumsum(1)[:, offset:] > 0
     for q0 in range(0, n_q, block):
         q1 = min(n_q, q0 + block)
-        pos = q_positions[q0:q1]
-        allowed, bias, k = _block_mask(attention_mask, pos, q0, q1, n_keys, causal)
         nb = q1 - q0
-        qb = query[:, :, q0:q1].float().reshape(bsz, n_kv, groups * nb, dim)
-        scores = torch.matmul(qb, k32[:, :, :k].transpose(-1, -2)).view(bsz, n_heads, nb, k)
-        scores.mul_(scale)
-        if bias is not None:
-            scores.add_(bias)
-        scores.masked_fill_(~allowed, -math.inf)
-        row_max = scores.amax(-1, keepdim=True)
-        row_max.masked_fill_(~torch.isfinite(row_max), 0.0)
-        probs = scores.sub_(row_max).exp_()
-        probs.div_(probs.sum(-1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny))
+        pos = q_positions[q0:q1]
+        qb = (query[:, :, q0:q1].float() * scale).reshape(bsz, n_kv, groups * nb, dim)  # scale folded into q
+        if plain_causal:
+            k = min(n_keys, offset + q1)
+            scores = torch.matmul(qb, k32[:, :, :k].transpose(-1, -2)).view(bsz, n_heads, nb, k)
+            # only the last nb key columns hold the causal triangle; everything before is visible to all
+            tail = k - nb
+            tri = torch.arange(tail, k, device=query.device)[None, :] > pos[:, None]
+            scores[..., tail:].masked_fill_(tri, -math.inf)
+            probs = torch.softmax(scores, dim=-1)
+            seen = seen_all[:, q0:q1]
+        else:
+            allowed, bias, k = _block_mask(attention_mask, pos, q0, q1, n_keys, causal)
+            scores = torch.matmul(qb, k32[:, :, :k].transpose(-1, -2)).view(bsz, n_heads, nb, k)
+            if bias is not None:
+                scores.add_(bias)
+            scores.masked_fill_(~allowed, -math.inf)
+            probs = torch.softmax(scores, dim=-1)
+            rows_seen = allowed.any(1).expand(bsz, nb, k)
+            if not bool(rows_seen.any(-1).all()):  # fully masked rows (padding queries): zeros, not NaN
+                probs.nan_to_num_(0.0)
+            seen = torch.matmul(rows_seen.float(), onehot[:, :k]) > 0
+        del scores
         oh = onehot[:, :k]  # [B, K, R]
-        mean = probs.mean(1)  # [B, Qb, K]: the paper's head-averaged a_ij
-        both = torch.matmul(torch.cat([mean, torch.special.xlogy(mean, mean)], dim=1), oh)
-        mass, plogp = both[:, :nb], both[:, nb:]
+        mean = probs.sum(1).mul_(1.0 / n_heads)  # [B, Qb, K]: the paper's head-averaged a_ij
+        mass = torch.matmul(mean, oh)
+        plogp = torch.matmul(torch.special.xlogy(mean, mean), oh)
         parts["mass"].append(mass)
         parts["entropy"].append(_entropy(mass, plogp))
-        seen = torch.matmul(allowed.any(1).expand(bsz, nb, k).float(), oh) > 0
         parts["visible"].append(seen & (q_roles[:, q0:q1] >= 0).unsqueeze(-1))
         if context.per_head:
             h_mass = torch.matmul(probs, oh.unsqueeze(1))
@@ -251,7 +264,7 @@ def collect(
             padded = torch.nn.functional.pad(mean[:, sel], (0, max(0, int(flat.max()) + 1 - k)))
             rows = padded[:, :, flat.clamp(min=0)] * (flat >= 0)
             parts["grid"].setdefault(g.image_index, []).append(rows.view(bsz, len(sel), *g.positions.shape))
-        del scores, probs, mean, both
+        del probs, mean
     chunk = {
         "mass": torch.cat(parts["mass"], 1),
         "entropy": torch.cat(parts["entropy"], 1),
