@@ -23,7 +23,7 @@ def attention(
     prompt: str | None = None,
     response: str | None = None,
     dataset: str | None = None,
-    backend: str = "eager",
+    backend: str = "native",
     per_head: bool = False,
     generate: int | None = None,
 ):
@@ -33,6 +33,9 @@ def attention(
     from probe.attention_job import AttentionOptions, probe_sample
     from probe.inputs import make_sample, read_dataset
 
+    # importing the submodule `probe.attention` rebinds the package attribute to the module: undo that
+    globals()["attention"] = _attention_api
+
     if dataset is not None:
         samples = read_dataset(dataset)
     else:
@@ -40,6 +43,9 @@ def attention(
         samples = [make_sample(prompt or "", images, response=response)]
     options = AttentionOptions(backend=backend, per_head=per_head, generate=generate)
     return pd.concat([probe_sample(model, s, options)[0] for s in samples], ignore_index=True)
+
+
+_attention_api = attention
 
 
 def plot(table, value: str = "mass", stage: str = "llm"):

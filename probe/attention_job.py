@@ -34,7 +34,7 @@ PARTS = ".parts"
 
 @dataclass
 class AttentionOptions:
-    backend: str = "eager"
+    backend: str = "native"
     per_head: bool = False
     generate: int | None = None
     seed: int = 0

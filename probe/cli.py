@@ -45,7 +45,13 @@ def _default_out(model: str) -> Path:
     "--dataset", type=click.Path(path_type=Path), help="JSONL file: one {image(s), prompt, answer?} per line."
 )
 @click.option("--limit", type=click.IntRange(min=1), help="Use only the first N dataset samples.")
-@click.option("--backend", default="eager", show_default=True, help="Statistics engine.")
+@click.option(
+    "--backend",
+    default="native",
+    show_default=True,
+    help="Statistics engine: native (streamed from the real SDPA/flash forward), eager (reference), nnsight, "
+    "transformer-lens.",
+)
 @click.option(
     "--per-head", is_flag=True, help="Also write per-head rows (not the paper's quantity for entropy)."
 )

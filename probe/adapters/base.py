@@ -74,3 +74,35 @@ class Adapter(ABC):
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
+
+
+def collate_left_padded(items: list[Prepared], pad_token_id: int) -> Prepared:
+    """Batch several prepared samples of one family, left-padded to the longest (padding role id -1).
+
+    Image inputs are concatenated in sample order (the order the model consumes them). All samples must
+    have the same role labels; image grids are kept only for a single sample (they have no batch axis).
+    """
+    from probe.errors import ProbeError
+
+    labels = items[0].roles["llm"].labels
+    if any(p.roles["llm"].labels != labels for p in items):
+        raise ProbeError("samples in one batch must have the same roles (same number of images)")
+    length = max(int(p.inputs["input_ids"].shape[-1]) for p in items)
+    ids, mask, role_ids = [], [], []
+    for p in items:
+        pad = length - int(p.inputs["input_ids"].shape[-1])
+        ids.append(torch.nn.functional.pad(p.inputs["input_ids"], (pad, 0), value=pad_token_id))
+        mask.append(torch.nn.functional.pad(p.inputs["attention_mask"], (pad, 0), value=0))
+        role_ids.append(torch.nn.functional.pad(p.roles["llm"].role_ids, (pad, 0), value=-1))
+    inputs = {"input_ids": torch.cat(ids), "attention_mask": torch.cat(mask)}
+    for key in items[0].inputs:
+        if key not in inputs:
+            inputs[key] = torch.cat([p.inputs[key] for p in items])
+    grids = items[0].roles["llm"].grids if len(items) == 1 else []
+    roles = StageRoles(labels=list(labels), role_ids=torch.cat(role_ids), grids=grids)
+    return Prepared(
+        inputs=inputs,
+        roles={"llm": roles},
+        prompt_length=max(p.prompt_length for p in items),
+        response_ids=items[0].response_ids,
+    )

@@ -1,6 +1,8 @@
 """Engines: different ways to obtain the same `LayerStats` from a model's forward pass.
 
-`eager` is the reference (explicit attention probabilities, O(N^2) memory, slower).
+`eager` is the reference (explicit attention probabilities, O(N^2) memory, slower); `native` streams the
+statistics out of the model's real SDPA / flash forward (the default); `nnsight` and `transformer-lens`
+read the probabilities through those libraries.
 """
 
 from __future__ import annotations
@@ -18,8 +20,9 @@ def register_engine(name: str, fn: Callable) -> None:
 
 def get_engine(name: str) -> Callable:
     """-> run(adapter, prepared, per_head=False) -> list[LayerStats]."""
-    if not ENGINES:
-        from probe.engines import eager  # noqa: F401  (registers itself)
+    # importing is idempotent; the heavy libraries (nnsight, transformer_lens) load only when run
+    from probe.engines import eager, lens_engine, nnsight_engine, streaming  # noqa: F401  (register themselves)
+
     if name not in ENGINES:
         raise ProbeError(f"unknown backend '{name}': available: {', '.join(sorted(ENGINES))}")
     return ENGINES[name]
