@@ -218,3 +218,20 @@ def test_build_from_llava_shares_weights(tiny_llava):
     ids = prompt_ids(4)
     out = mini(input_ids=ids, pixel_values=pixels())
     assert out.logits.shape[1] == ids.shape[1] and torch.isfinite(out.logits).all()
+
+
+@torch.no_grad()
+def test_response_and_padding_are_not_prefused():
+    """Masked tokens act as if absent: a teacher-forced response or left padding leaves the prompt unchanged."""
+    model = mini_model(C=2, n_fusion=2)
+    ids, px = prompt_ids(4), pixels()
+    base = model(input_ids=ids, pixel_values=px).logits
+    response = torch.tensor([[70, 71, 72]])
+    full = torch.cat([ids, response], dim=1)
+    forced = model(input_ids=full, pixel_values=px, fusion_mask=torch.ones_like(ids, dtype=torch.bool)).logits
+    torch.testing.assert_close(forced[:, : ids.shape[1]], base, atol=1e-5, rtol=1e-4)
+    padded = torch.cat([torch.zeros(1, 3, dtype=torch.long), ids], dim=1)
+    mask = torch.cat([torch.zeros(1, 3, dtype=torch.long), torch.ones_like(ids)], dim=1)
+    emb_pad, _, _ = model.model.embed_multimodal(padded, px, attention_mask=mask)
+    emb, _, _ = model.model.embed_multimodal(ids, px)
+    torch.testing.assert_close(emb_pad[:, 3:], emb, atol=1e-5, rtol=1e-4)
