@@ -38,6 +38,25 @@ class LayerStats:
     grid_rows: dict[int, torch.Tensor] | None = None
 
 
+def concat_sequences(stats: LayerStats) -> LayerStats:
+    """Stats of S sequences of one sample [S, N, R] as one sequence [1, S * N, R] (per-target values, so
+    the paper's averages then pool the targets of all sequences). Heads: [S, H, N, R] -> [1, H, S * N, R]."""
+
+    def heads(t: torch.Tensor | None) -> torch.Tensor | None:
+        return None if t is None else t.transpose(0, 1).reshape(1, t.shape[1], -1, t.shape[-1])
+
+    return LayerStats(
+        stage=stats.stage,
+        layer=stats.layer,
+        mass=stats.mass.reshape(1, -1, stats.mass.shape[-1]),
+        entropy=stats.entropy.reshape(1, -1, stats.entropy.shape[-1]),
+        visible=stats.visible.reshape(1, -1, stats.visible.shape[-1]),
+        head_mass=heads(stats.head_mass),
+        head_entropy=heads(stats.head_entropy),
+        grid_rows=stats.grid_rows,
+    )
+
+
 def entropy_within_roles(probs: torch.Tensor, onehot: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Mass and renormalised entropy per role from explicit probabilities.
 

@@ -70,6 +70,12 @@ class StageRoles:
         onehot = torch.nn.functional.one_hot(ids, self.num_roles).to(dtype)
         return onehot * (self.role_ids >= 0).unsqueeze(-1).to(dtype)
 
+    def concat_sequences(self) -> StageRoles:
+        """The S sequences of one sample [S, N] as one sequence [1, S * N] (grid positions already refer to it)."""
+        return StageRoles(
+            labels=list(self.labels), role_ids=self.role_ids.reshape(1, -1), grids=list(self.grids)
+        )
+
     def causal_visibility(self) -> torch.Tensor:
         """[B, N, R] bool: can query i attend to at least one key of role r under a causal mask.
 

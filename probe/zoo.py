@@ -270,7 +270,7 @@ def load(name_or_path: str, device: str = "auto", dtype: str = "auto") -> Loaded
 
 def get_family(family: str) -> Family:
     """Families living in other packages (e.g. `llava_mini`) register themselves on import."""
-    if not FAMILIES:
+    if "llava" not in FAMILIES:
         _register_hf_families()
     if family == "llava_mini" and family not in FAMILIES:
         try:
@@ -280,3 +280,14 @@ def get_family(family: str) -> Family:
     if family not in FAMILIES:
         raise ProbeError(f"model family '{family}' is not supported yet")
     return FAMILIES[family]
+
+
+def _register_plugins() -> None:
+    """Model families living in other packages of this project register their zoo entries on import."""
+    try:
+        import llava_mini.zoo  # noqa: F401
+    except ImportError:
+        pass
+
+
+_register_plugins()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -25,6 +25,9 @@ class Prepared:
     roles: dict[str, StageRoles]
     prompt_length: int
     response_ids: list[int]
+    # Stages whose forward runs several sequences for one sample (e.g. LLaVA-Mini's pre-fusion, once per
+    # frame): roles per sequence [S, N]; `roles[stage]` is then their concatenation [1, S * N].
+    sequence_roles: dict[str, StageRoles] = field(default_factory=dict)
 
 
 class Adapter(ABC):
@@ -56,6 +59,10 @@ class Adapter(ABC):
     def forward(self, inputs: dict[str, torch.Tensor], **kwargs):
         """The model's own forward pass, nothing re-implemented."""
         return self.model(**inputs, **kwargs)
+
+    def attention_stages(self, output) -> dict[str, tuple[torch.Tensor, ...]]:
+        """Attention probabilities per stage from a forward with output_attentions=True (eager)."""
+        return {"llm": output.attentions}
 
     @abstractmethod
     def generate(self, sample: Sample, max_new_tokens: int) -> list[int]:

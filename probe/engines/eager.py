@@ -10,7 +10,7 @@ import torch
 
 from probe.adapters.base import Adapter, Prepared
 from probe.engines import register_engine
-from probe.intermediate import LayerStats, stats_from_probabilities
+from probe.intermediate import LayerStats, concat_sequences, stats_from_probabilities
 
 
 @torch.no_grad()
@@ -18,11 +18,14 @@ def run_eager(adapter: Adapter, prepared: Prepared, per_head: bool = False) -> l
     inputs = {k: v.to(adapter.device) for k, v in prepared.inputs.items()}
     with adapter.attention_implementation("eager"):
         out = adapter.forward(inputs, output_attentions=True)
-    roles = prepared.roles["llm"]
-    return [
-        stats_from_probabilities("llm", layer, probs.float().cpu(), roles, per_head=per_head)
-        for layer, probs in enumerate(out.attentions)
-    ]
+    results: list[LayerStats] = []
+    for stage, attentions in adapter.attention_stages(out).items():
+        per_sequence = prepared.sequence_roles.get(stage)
+        roles = per_sequence if per_sequence is not None else prepared.roles[stage]
+        for layer, probs in enumerate(attentions):
+            stats = stats_from_probabilities(stage, layer, probs.float().cpu(), roles, per_head=per_head)
+            results.append(concat_sequences(stats) if per_sequence is not None else stats)
+    return results
 
 
 register_engine("eager", run_eager)

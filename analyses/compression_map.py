@@ -1,0 +1,51 @@
+"""Paper Fig. 12: where the compressor's queries look, as heat maps over the image.
+
+Each of the C^2 queries has head-averaged cross-attention weights over the image's 24 x 24 grid
+(48 x 48 at 2x2 high resolution); each map is upsampled to the picture and laid over it. For average
+pooling the map is the pooling window.
+"""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+
+def plot_compression_map(
+    weights: torch.Tensor, image: Image.Image, title: str = "", max_queries: int = 16, alpha: float = 0.55
+) -> plt.Figure:
+    """weights [C^2, rows, cols] of one image / frame -> figure: the image, then one overlay per query."""
+    weights = weights.float().cpu()
+    n = min(weights.shape[0], max_queries)
+    side = max(image.size)
+    square = Image.new("RGB", (side, side), (0, 0, 0))
+    square.paste(image.convert("RGB"), ((side - image.width) // 2, (side - image.height) // 2))
+    picture = np.asarray(square.resize((336, 336)))
+    fig, axes = plt.subplots(1, n + 1, figsize=(2.6 * (n + 1), 2.8), squeeze=False)
+    axes[0][0].imshow(picture)
+    axes[0][0].set_title("image")
+    for q in range(n):
+        heat = weights[q].numpy()
+        ax = axes[0][q + 1]
+        ax.imshow(picture)
+        ax.imshow(heat, cmap="jet", alpha=alpha, extent=(0, 336, 336, 0), interpolation="bilinear")
+        ax.set_title(f"query {q} (max {heat.max():.3f})", fontsize=8)
+    for ax in axes[0]:
+        ax.axis("off")
+    fig.suptitle(title or "compressor cross-attention (head-averaged)")
+    fig.tight_layout()
+    return fig
+
+
+def save_compression_maps(adapter, sample, out_path, frame: int = 0) -> torch.Tensor:
+    """Run the model on `sample`, draw the compression map of one image / frame to `out_path` (PNG)."""
+    weights, visuals = adapter.compression_map(sample)
+    fig = plot_compression_map(weights[frame], visuals[frame], title=f"compression map, frame/image {frame}")
+    fig.savefig(out_path, dpi=100, format="png")
+    plt.close(fig)
+    return weights

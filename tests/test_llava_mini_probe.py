@@ -1,0 +1,82 @@
+"""probe on LLaVA-Mini: the eager engine reports the LLM and the pre-fusion stage in one table."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from probe.inputs import Sample, make_sample
+
+
+@pytest.fixture(scope="module")
+def tiny_mini(probe_home):
+    import probe
+
+    return probe.load("tiny-llava-mini", device="cpu")
+
+
+def check_mass_sums_to_one(stats_list, prepared):
+    stages = {s.stage for s in stats_list}
+    assert stages == {"llm", "prefusion"}
+    for stats in stats_list:
+        roles = prepared.roles[stats.stage]
+        targets = roles.role_ids[0] >= 0
+        assert stats.mass.shape[1] == roles.role_ids.shape[1]
+        total = stats.mass[0, targets].sum(-1)
+        torch.testing.assert_close(total, torch.ones_like(total), atol=1e-4, rtol=0)
+
+
+def test_eager_probe_gives_both_stages(tiny_mini):
+    from probe.engines import get_engine
+
+    adapter = tiny_mini.adapter
+    sample = make_sample("<image> What is shown?", ["skimage:astronaut"], response="A person in a suit.")
+    prepared = adapter.prepare(sample)
+    stats = get_engine("eager")(adapter, prepared)
+    assert len([s for s in stats if s.stage == "llm"]) == adapter.num_layers("llm") == 4
+    assert len([s for s in stats if s.stage == "prefusion"]) == adapter.num_layers("prefusion") == 2
+    check_mass_sums_to_one(stats, prepared)
+    llm = prepared.roles["llm"]
+    assert llm.labels == ["system", "image:0", "instruction", "response"]
+    assert int((llm.role_ids == 1).sum()) == 4  # C^2 compressed tokens
+    pre = prepared.roles["prefusion"]
+    assert pre.labels == ["global:0", "compressed:0", "text"]
+    assert int((pre.role_ids == 0).sum()) == 576 and int((pre.role_ids == 1).sum()) == 4
+    assert adapter.current_attention() == "sdpa"  # restored after the eager run
+
+
+def test_eager_probe_on_video_frames(tiny_mini, tmp_path):
+    from PIL import Image
+
+    from probe.engines import get_engine
+
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for k in range(2):
+        Image.new("RGB", (80, 60), (40 * k, 90, 200)).save(folder / f"{k}.png")
+    sample = Sample(sample_id="v", prompt="<image> What happens?", image_sources=[str(folder)])
+    prepared = tiny_mini.adapter.prepare(sample)
+    assert prepared.roles["llm"].labels[:3] == ["system", "image:0", "image:1"]
+    assert prepared.sequence_roles["prefusion"].role_ids.shape[0] == 2
+    check_mass_sums_to_one(get_engine("eager")(tiny_mini.adapter, prepared), prepared)
+
+
+def test_attention_run_tags_prefusion_stage(tiny_mini, tmp_path):
+    from probe.attention import AttentionOptions, run_attention
+
+    sample = make_sample("<image> What colour is it?", ["skimage:coffee"], response="Brown.")
+    table = run_attention(tiny_mini, [sample], tmp_path / "run", AttentionOptions(), progress=False)
+    assert set(table["stage"]) == {"llm", "prefusion"}
+    pre = table[(table.stage == "prefusion") & (table.grouping == "paper")]
+    assert set(pre["src"]) <= {"vision", "instruction"}
+    assert (tmp_path / "run" / "manifest.json").is_file()
+
+
+def test_compression_map_png(tiny_mini, tmp_path):
+    from analyses.compression_map import save_compression_maps
+
+    sample = make_sample("<image> Describe.", ["skimage:chelsea"])
+    weights = save_compression_maps(tiny_mini.adapter, sample, tmp_path / "map.png")
+    assert weights.shape == (1, 4, 24, 24)
+    torch.testing.assert_close(weights.sum((-1, -2)), torch.ones(1, 4))
+    assert (tmp_path / "map.png").stat().st_size > 1000
