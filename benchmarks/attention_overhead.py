@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything is built locally; never reach for the hub
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
@@ -116,7 +117,11 @@ def build(length: int, device: str):
         "attention_mask": torch.ones(1, len(ids), dtype=torch.long),
         "pixel_values": pixels,
     }
-    processor = SimpleNamespace(tokenizer=None, chat_template="")
+    from probe.builtin.tokenizer import build_tokenizer
+
+    tokenizer = build_tokenizer()  # offline; TransformerLens' bridge wants a tokenizer with a name
+    tokenizer.init_kwargs.setdefault("name_or_path", "probe-benchmark")
+    processor = SimpleNamespace(tokenizer=tokenizer, chat_template="")
     adapter = LlavaAdapter(model, processor)
     return adapter, Prepared(inputs=inputs, roles={"llm": roles}, prompt_length=start, response_ids=[])
 
