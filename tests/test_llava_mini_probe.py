@@ -62,7 +62,7 @@ def test_eager_probe_on_video_frames(tiny_mini, tmp_path):
 
 
 def test_attention_run_tags_prefusion_stage(tiny_mini, tmp_path):
-    from probe.attention import AttentionOptions, run_attention
+    from probe.attention_job import AttentionOptions, run_attention
 
     sample = make_sample("<image> What colour is it?", ["skimage:coffee"], response="Brown.")
     table = run_attention(tiny_mini, [sample], tmp_path / "run", AttentionOptions(), progress=False)
