@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from PIL import Image
 
 from probe.inputs import Sample, make_sample
 
@@ -46,7 +47,6 @@ def test_eager_probe_gives_both_stages(tiny_mini):
 
 
 def test_eager_probe_on_video_frames(tiny_mini, tmp_path):
-    from PIL import Image
 
     from probe.engines import get_engine
 
@@ -80,3 +80,28 @@ def test_compression_map_png(tiny_mini, tmp_path):
     assert weights.shape == (1, 4, 24, 24)
     torch.testing.assert_close(weights.sum((-1, -2)), torch.ones(1, 4))
     assert (tmp_path / "map.png").stat().st_size > 1000
+
+
+def assert_same_stats(a_list, b_list):
+    assert [(s.stage, s.layer) for s in a_list] == [(s.stage, s.layer) for s in b_list]
+    for a, b in zip(a_list, b_list, strict=True):
+        torch.testing.assert_close(a.mass, b.mass, atol=1e-4, rtol=0)
+        torch.testing.assert_close(a.entropy, b.entropy, atol=1e-4, rtol=0, equal_nan=True)
+        assert torch.equal(a.visible, b.visible)
+
+
+def test_native_engine_matches_eager_on_both_stages(tiny_mini, tmp_path):
+    from probe.engines import get_engine
+
+    adapter = tiny_mini.adapter
+    sample = make_sample("<image> What is shown?", ["skimage:astronaut"], response="A person.")
+    prepared = adapter.prepare(sample)
+    assert_same_stats(get_engine("native")(adapter, prepared), get_engine("eager")(adapter, prepared))
+    # video: the pre-fusion stage runs one sequence per frame
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for k in range(3):
+        Image.new("RGB", (90, 60), (60 * k, 20, 200 - 40 * k)).save(folder / f"{k}.png")
+    video = Sample(sample_id="v", prompt="<image> What changes?", image_sources=[str(folder)], response="Colour.")
+    prepared = adapter.prepare(video)
+    assert_same_stats(get_engine("native")(adapter, prepared), get_engine("eager")(adapter, prepared))

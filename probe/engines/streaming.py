@@ -40,7 +40,7 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from probe.adapters.base import Adapter, Prepared
 from probe.engines import register_engine
 from probe.errors import ProbeError
-from probe.intermediate import LayerStats
+from probe.intermediate import LayerStats, concat_sequences
 from probe.roles import StageRoles
 
 NATIVE = "probe_native"
@@ -116,14 +116,23 @@ class StreamingContext:
         return out
 
 
-_ACTIVE: contextvars.ContextVar[StreamingContext | None] = contextvars.ContextVar(
-    "probe_streaming", default=None
+# The active route: attention module -> the context of its stage (None = not probed).
+_ACTIVE: contextvars.ContextVar[Callable[[torch.nn.Module], StreamingContext | None] | None] = (
+    contextvars.ContextVar("probe_streaming", default=None)
 )
 
 
 @contextmanager
-def collecting(context: StreamingContext) -> Iterator[StreamingContext]:
-    token = _ACTIVE.set(context)
+def collecting(
+    context: StreamingContext | None = None,
+    by_module: dict[torch.nn.Module, StreamingContext] | None = None,
+) -> Iterator[StreamingContext | None]:
+    """Collect into `context` from every attention call, or into `by_module[module]` per stage."""
+    if by_module is not None:
+        table = {id(module): ctx for module, ctx in by_module.items()}
+        token = _ACTIVE.set(lambda module: table.get(id(module)))
+    else:
+        token = _ACTIVE.set(lambda module: context)
     try:
         yield context
     finally:
@@ -132,7 +141,8 @@ def collecting(context: StreamingContext) -> Iterator[StreamingContext]:
 
 def streaming_attention_forward(module, query, key, value, attention_mask, *args, **kwargs):
     """The model's own attention for the output; statistics on the side when a context is active."""
-    context = _ACTIVE.get()
+    route = _ACTIVE.get()
+    context = route(module) if route is not None else None
     inner = context.inner if context is not None else sdpa_attention_forward
     output = inner(module, query, key, value, attention_mask, *args, **kwargs)
     if context is not None:
@@ -314,25 +324,39 @@ def run_native(
     grid_queries: Sequence[int] | None = None,
     block_bytes: int = DEFAULT_BLOCK_BYTES,
 ) -> list[LayerStats]:
-    """Statistics of the language model's attention from its real SDPA / flash forward."""
-    roles = prepared.roles["llm"]
+    """Statistics of every probed stage's attention (the LLM; LLaVA-Mini's pre-fusion too) from the real
+    SDPA / flash forward. Each stage's modules collect into that stage's own context and roles."""
     inputs = {k: v.to(adapter.device) for k, v in prepared.inputs.items()}
     name, inner = implementation_for(adapter.current_attention())
-    context = StreamingContext(
-        roles=roles,
-        device=adapter.device,
-        inner=inner,
-        per_head=per_head,
-        grid_queries=grid_queries,
-        block_bytes=block_bytes,
-    )
-    with adapter.attention_implementation(name), collecting(context):
+    contexts: dict[str, StreamingContext] = {}
+    by_module: dict[torch.nn.Module, StreamingContext] = {}
+    for stage in adapter.stages:
+        roles = prepared.sequence_roles.get(stage, prepared.roles.get(stage))
+        if roles is None:
+            continue
+        contexts[stage] = StreamingContext(
+            roles=roles,
+            device=adapter.device,
+            inner=inner,
+            per_head=per_head,
+            grid_queries=grid_queries if stage == "llm" else None,
+            block_bytes=block_bytes,
+        )
+        for module in adapter.attention_modules(stage):
+            by_module[module] = contexts[stage]
+    with adapter.attention_implementation(name), collecting(by_module=by_module):
         adapter.forward(inputs)
-    if not context.chunks:
+    if not any(context.chunks for context in contexts.values()):
         raise ProbeError(
             "the native backend saw no attention call: this model does not use transformers' AttentionInterface"
         )
-    return context.layer_stats("llm")
+    results: list[LayerStats] = []
+    for stage, context in contexts.items():
+        stats = context.layer_stats(stage)
+        if stage in prepared.sequence_roles:
+            stats = [concat_sequences(s) for s in stats]
+        results.extend(stats)
+    return results
 
 
 register_engine("native", run_native)
