@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import torch
 
-from llava_mini.processing import is_video_source, load_video_frames
 from probe.adapters.base import Adapter, Prepared
 from probe.adapters.llava import prompt_to_content
 from probe.errors import ProbeError
 from probe.inputs import IMAGE_SLOT, Sample
 from probe.roles import ImageGrid, StageRoles, spans_to_role_ids
+from probe.video import is_video_source, load_video_frames
 
 _SENTINEL = "\u2063PROBE_USER_CONTENT\u2063"
 
@@ -41,14 +41,20 @@ class LlavaMiniAdapter(Adapter):
     def render(self, prompt: str) -> str:
         return self.processor.apply_chat_template([{"role": "user", "content": prompt_to_content(prompt)}])
 
+    takes_video = True
+
+    def validate(self, sample: Sample) -> None:
+        sources = sample.image_sources
+        if any(is_video_source(s) for s in sources) and (
+            len(sources) != 1 or sample.prompt.count(IMAGE_SLOT) != 1
+        ):
+            raise ProbeError("LLaVA-Mini takes one video (file or folder of frames) with one <image> slot")
+
     def load_visual(self, sample: Sample) -> tuple[list, bool]:
         """-> (images or frames, is_video)."""
+        self.validate(sample)
         sources = sample.image_sources
-        if any(is_video_source(s) for s in sources):
-            if len(sources) != 1 or sample.prompt.count(IMAGE_SLOT) != 1:
-                raise ProbeError(
-                    "LLaVA-Mini takes one video (file or folder of frames) with one <image> slot"
-                )
+        if is_video_source(sources[0]):
             return load_video_frames(sources[0], max_frames=self.max_frames), True
         return sample.load_images(), False
 

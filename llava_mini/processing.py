@@ -47,8 +47,6 @@ LLAVA_MINI_CHAT_TEMPLATE = (
 PROCESSOR_FILE = "llava_mini_processor.json"
 CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
 CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
-VIDEO_EXTENSIONS = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg"}
-FRAME_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 
 
 def clip_image_processor(size: int = 336):
@@ -71,63 +69,6 @@ def expand2square(image: Image.Image, background: tuple[int, int, int]) -> Image
     canvas = Image.new(image.mode, (side, side), background)
     canvas.paste(image, ((side - width) // 2, (side - height) // 2))
     return canvas
-
-
-# --- video ------------------------------------------------------------------------------------------
-def is_video_source(source: str | Path) -> bool:
-    path = Path(str(source))
-    return path.is_dir() or path.suffix.lower() in VIDEO_EXTENSIONS
-
-
-def load_video_frames(
-    source: str | Path, fps: float = 1.0, max_frames: int | None = None
-) -> list[Image.Image]:
-    """Frames at `fps` (default 1 per second: the middle frame of T = round(duration * fps) uniform segments).
-
-    A folder is read as already-sampled frames (sorted file names); `max_frames` subsamples uniformly.
-    """
-    from probe.errors import ProbeError
-
-    path = Path(str(source))
-    if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix.lower() in FRAME_EXTENSIONS)
-        if not files:
-            raise ProbeError(f"video folder {path} holds no frames ({', '.join(sorted(FRAME_EXTENSIONS))})")
-        frames = [Image.open(p).convert("RGB") for p in files]
-    else:
-        if not path.is_file():
-            raise ProbeError(f"video not found: {path}")
-        frames = _decode_video(path, fps)
-    if max_frames is not None and len(frames) > max_frames:
-        frames = [frames[int((k + 0.5) * len(frames) / max_frames)] for k in range(max_frames)]
-    return frames
-
-
-def _decode_video(path: Path, fps: float) -> list[Image.Image]:
-    import av
-
-    from probe.errors import ProbeError
-
-    try:
-        with av.open(str(path)) as container:
-            stream = container.streams.video[0]
-            decoded = [
-                (float(frame.time or 0.0), frame.to_image().convert("RGB"))
-                for frame in container.decode(stream)
-            ]
-    except (av.error.FFmpegError, IndexError) as exc:
-        raise ProbeError(f"cannot read video {path}: {exc.__class__.__name__}") from None
-    if not decoded:
-        raise ProbeError(f"video {path} has no frames")
-    times = [t for t, _ in decoded]
-    step = (times[-1] - times[0]) / max(len(times) - 1, 1) if len(times) > 1 else 1.0
-    duration = times[-1] - times[0] + step
-    count = max(1, round(duration * fps))
-    chosen = []
-    for k in range(count):
-        target = times[0] + (k + 0.5) * duration / count
-        chosen.append(min(range(len(times)), key=lambda i, target=target: abs(times[i] - target)))
-    return [decoded[i][1] for i in chosen]
 
 
 # --- processor --------------------------------------------------------------------------------------

@@ -146,6 +146,8 @@ def run_attention(
     progress: bool = True,
 ) -> pd.DataFrame:
     """Probe every sample (resuming finished ones), then write the table, summary, manifest and figures."""
+    for sample in samples:
+        loaded.adapter.validate(sample)
     manifest = manifest_for(loaded, options, samples)
     parts = prepare_run_dir(Path(out_dir), manifest, overwrite)
     todo = [(k, s) for k, s in enumerate(samples) if not (parts / f"{k:07d}.parquet").exists()]

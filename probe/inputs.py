@@ -14,6 +14,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from probe.errors import ProbeError
+from probe.video import is_video_source, verify_video
 
 IMAGE_SLOT = "<image>"
 SKIMAGE_PREFIX = "skimage:"
@@ -36,8 +37,11 @@ class Sample:
 
 
 def verify_image(source: str | Path) -> None:
-    """Check that an image exists and decodes, without keeping its pixels."""
-    load_image(source).close()
+    """Check that an image (or a video: file or folder of frames) exists and decodes, keeping no pixels."""
+    if is_video_source(source):
+        verify_video(source)
+    else:
+        load_image(source).close()
 
 
 def load_image(source: str | Path) -> Image.Image:
@@ -46,6 +50,8 @@ def load_image(source: str | Path) -> Image.Image:
     if source.startswith(SKIMAGE_PREFIX):
         return _skimage_sample(source[len(SKIMAGE_PREFIX) :])
     path = Path(source)
+    if is_video_source(path):
+        raise ProbeError(f"{source} is a video; this model takes still images (LLaVA-Mini models take video)")
     if not path.is_file():
         raise ProbeError(f"image not found: {source}")
     try:

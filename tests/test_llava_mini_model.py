@@ -13,8 +13,9 @@ from PIL import Image
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from llava_mini.build import build_from_llava
-from llava_mini.processing import LlavaMiniProcessor, load_video_frames
+from llava_mini.processing import LlavaMiniProcessor
 from probe.builtin.tokenizer import build_tokenizer
+from probe.video import load_video_frames
 from tests.llava_mini_helpers import mini_model, prompt_ids
 
 

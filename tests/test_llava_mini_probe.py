@@ -102,6 +102,52 @@ def test_native_engine_matches_eager_on_both_stages(tiny_mini, tmp_path):
     folder.mkdir()
     for k in range(3):
         Image.new("RGB", (90, 60), (60 * k, 20, 200 - 40 * k)).save(folder / f"{k}.png")
-    video = Sample(sample_id="v", prompt="<image> What changes?", image_sources=[str(folder)], response="Colour.")
+    video = Sample(
+        sample_id="v", prompt="<image> What changes?", image_sources=[str(folder)], response="Colour."
+    )
     prepared = adapter.prepare(video)
     assert_same_stats(get_engine("native")(adapter, prepared), get_engine("eager")(adapter, prepared))
+
+
+def test_cli_probes_a_video_folder_and_rejects_video_for_image_models(tiny_mini, tmp_path, capsys):
+    from tests.conftest import invoke
+
+    folder = tmp_path / "clip"
+    folder.mkdir()
+    for k in range(2):
+        Image.new("RGB", (64, 48), (100, 30 * k, 50)).save(folder / f"{k:03d}.jpg")
+    out = tmp_path / "run"
+    code, _, err = invoke(
+        capsys,
+        "attention",
+        "--model",
+        "tiny-llava-mini",
+        "--image",
+        str(folder),
+        "--prompt",
+        "<image> What happens?",
+        "--response",
+        "Nothing.",
+        "--out",
+        str(out),
+    )
+    assert code == 0, err
+    import pandas as pd
+
+    table = pd.read_parquet(out / "attention.parquet")
+    fine = table[(table["grouping"] == "fine") & (table["stage"] == "llm")]
+    assert {"image:0", "image:1"} <= set(fine["src"])  # one compressed span per frame
+    code, _, err = invoke(
+        capsys,
+        "attention",
+        "--model",
+        "tiny-llava",
+        "--image",
+        str(folder),
+        "--prompt",
+        "<image> What happens?",
+        "--out",
+        str(tmp_path / "run2"),
+    )
+    assert code == 2 and "is a video; this model takes still images" in err
+    assert not (tmp_path / "run2").exists()

@@ -13,8 +13,10 @@ from dataclasses import dataclass, field
 
 import torch
 
+from probe.errors import ProbeError
 from probe.inputs import Sample
 from probe.roles import StageRoles
+from probe.video import is_video_source
 
 
 @dataclass
@@ -37,6 +39,17 @@ class Adapter(ABC):
     def __init__(self, model: torch.nn.Module, processor) -> None:
         self.model = model
         self.processor = processor
+
+    takes_video: bool = False
+
+    def validate(self, sample: Sample) -> None:
+        """Model-specific checks that need no forward pass, run on every sample before any file is written."""
+        if not self.takes_video:
+            for source in sample.image_sources:
+                if is_video_source(source):
+                    raise ProbeError(
+                        f"{source} is a video; this model takes still images (LLaVA-Mini models take video)"
+                    )
 
     @abstractmethod
     def prepare(self, sample: Sample, response_ids: list[int] | None = None) -> Prepared:
