@@ -10,6 +10,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from probe.roles import PAPER_ROLES  # noqa: E402
 from probe.stats import average_over_samples  # noqa: E402
@@ -38,6 +39,7 @@ def plot_by_layer(table: pd.DataFrame, value: str, stage: str = "llm", title: st
             ax.plot(line["layer"], line[value], marker="o", ms=3, label=src, color=SOURCE_COLOURS[src])
         ax.set_title(f"target: {tgt}")
         ax.set_xlabel("layer (0-based)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("attention mass Attn(tgt->src)" if value == "mass" else "attention entropy (nats)")
     axes[0][-1].legend(title="source", fontsize=8)

@@ -176,13 +176,16 @@ def finish_run(out_dir: Path, table: pd.DataFrame, samples: pd.DataFrame, manife
     summary = average_over_samples(table)
     write_table(summary, out_dir, "summary")
     atomic_write(out_dir / "samples.csv", lambda p: samples.to_csv(p, index=False))
-    title = f"{manifest['model']['name']} ({manifest['n_samples']} sample(s))"
-    for name, plot in (("mass", plot_mass), ("entropy", plot_entropy)):
-        fig = plot(summary, title=f"{name}: {title}")
-        atomic_write(out_dir / f"{name}.png", lambda p, fig=fig: fig.savefig(p, dpi=120, format="png"))
-        import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt
 
-        plt.close(fig)
+    title = f"{manifest['model']['name']} ({manifest['n_samples']} sample(s))"
+    for stage in summary["stage"].unique():
+        suffix = "" if stage == "llm" else f"_{stage}"  # mass.png is the LLM's; other stages get a suffix
+        for name, plot in (("mass", plot_mass), ("entropy", plot_entropy)):
+            fig = plot(summary, stage=stage, title=f"{name}, {stage} layers: {title}")
+            path = out_dir / f"{name}{suffix}.png"
+            atomic_write(path, lambda p, fig=fig: fig.savefig(p, dpi=120, format="png"))
+            plt.close(fig)
     write_json(out_dir / "manifest.json", manifest)
 
 

@@ -104,8 +104,10 @@ def attention_command(
     out = out or _default_out(model_name)
     options = AttentionOptions(backend=backend, per_head=per_head, generate=generate, seed=seed)
     table = run_attention(loaded, samples, out, options, overwrite=overwrite)
-    n_layers = table["layer"].nunique()
-    click.echo(f"wrote {len(table)} rows ({len(samples)} sample(s) x {n_layers} layers) to {out}/")
+    layers = ", ".join(
+        f"{n} {stage}" for stage, n in table.groupby("stage", sort=False)["layer"].nunique().items()
+    )
+    click.echo(f"wrote {len(table)} rows ({len(samples)} sample(s); layers: {layers}) to {out}/")
 
 
 def main() -> None:

@@ -70,6 +70,7 @@ def test_attention_run_tags_prefusion_stage(tiny_mini, tmp_path):
     pre = table[(table.stage == "prefusion") & (table.grouping == "paper")]
     assert set(pre["src"]) <= {"vision", "instruction"}
     assert (tmp_path / "run" / "manifest.json").is_file()
+    assert (tmp_path / "run" / "mass_prefusion.png").is_file() and (tmp_path / "run" / "mass.png").is_file()
 
 
 def test_compression_map_png(tiny_mini, tmp_path):
