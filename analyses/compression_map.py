@@ -7,6 +7,8 @@ pooling the map is the pooling window.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -44,8 +46,13 @@ def plot_compression_map(
 
 def save_compression_maps(adapter, sample, out_path, frame: int = 0) -> torch.Tensor:
     """Run the model on `sample`, draw the compression map of one image / frame to `out_path` (PNG)."""
+    from probe.errors import ProbeError
+    from probe.results import atomic_write
+
     weights, visuals = adapter.compression_map(sample)
+    if frame >= weights.shape[0]:
+        raise ProbeError(f"frame {frame} is out of range: the input has {weights.shape[0]} frame(s)")
     fig = plot_compression_map(weights[frame], visuals[frame], title=f"compression map, frame/image {frame}")
-    fig.savefig(out_path, dpi=100, format="png")
+    atomic_write(Path(out_path), lambda p: fig.savefig(p, dpi=100, format="png"))
     plt.close(fig)
     return weights

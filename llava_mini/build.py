@@ -65,7 +65,12 @@ def build_from_llava(
     init_prefusion_from_llm: bool = False,
     seed: int = 0,
 ) -> LlavaMiniForConditionalGeneration:
-    """A LLaVA-Mini with C x C compressed tokens and `n_fusion` pre-fusion layers on top of `base`."""
+    """A LLaVA-Mini with C x C compressed tokens and `n_fusion` pre-fusion layers on top of `base`.
+
+    The student shares `base`'s modules (no copy). Their attention implementation follows the student's
+    config from then on, so probe the student, not `base`, after building (the engines refuse a model
+    whose attention did not report every layer).
+    """
     config = mini_config_from_llava(base.config, C, n_fusion, kind)
     config._attn_implementation = base.config.text_config._attn_implementation
     param = next(base.parameters())

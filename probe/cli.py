@@ -110,6 +110,33 @@ def attention_command(
     click.echo(f"wrote {len(table)} rows ({len(samples)} sample(s); layers: {layers}) to {out}/")
 
 
+@cli.command("compression-map")
+@click.option(
+    "--model", "model_name", required=True, help="A LLaVA-Mini model (zoo name, hub id or directory)."
+)
+@click.option("--image", required=True, help="Image file, skimage:NAME, video file or folder of frames.")
+@click.option("--prompt", default="<image> Describe the image.", show_default=True)
+@click.option("--frame", default=0, show_default=True, type=click.IntRange(min=0), help="Frame of a video.")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="PNG to write.")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--dtype", default="auto", show_default=True)
+def compression_map_command(model_name, image, prompt, frame, out, device, dtype) -> None:
+    """Where LLaVA-Mini's compression queries look on the 24 x 24 grid (paper Fig. 12)."""
+    from analyses.compression_map import save_compression_maps
+    from probe.inputs import make_sample
+    from probe.zoo import load
+
+    sample = make_sample(prompt, [image])
+    loaded = load(model_name, device=device, dtype=dtype)
+    if not hasattr(loaded.adapter, "compression_map"):
+        raise ProbeError(f"'{model_name}' has no compressor: compression maps need a LLaVA-Mini model")
+    loaded.adapter.validate(sample)
+    weights = save_compression_maps(loaded.adapter, sample, out, frame=frame)
+    click.echo(
+        f"wrote {out} ({weights.shape[-3]} queries over a {weights.shape[-2]} x {weights.shape[-1]} grid)"
+    )
+
+
 def main() -> None:
     """Entry point: user errors are one line on stderr and exit code 2, never a traceback."""
     from transformers.utils import logging as hf_logging

@@ -198,8 +198,10 @@ def test_generation_with_cache_equals_without(probe_home):
 
 
 @torch.no_grad()
-def test_build_from_llava_shares_weights(tiny_llava):
-    base = tiny_llava.model
+def test_build_from_llava_shares_weights(probe_home):
+    import probe
+
+    base = probe.load("tiny-llava", device="cpu").model  # its own copy: building re-points shared layers
     mini = build_from_llava(base, C=2, n_fusion=2, kind="query")
     llm = base.model.language_model
     assert mini.model.layers is llm.layers and mini.model.embed_tokens is llm.embed_tokens

@@ -152,3 +152,45 @@ def test_cli_probes_a_video_folder_and_rejects_video_for_image_models(tiny_mini,
     )
     assert code == 2 and "is a video; this model takes still images" in err
     assert not (tmp_path / "run2").exists()
+
+
+def test_cli_compression_map_and_its_errors(tiny_mini, tmp_path, capsys):
+    from tests.conftest import invoke
+
+    out = tmp_path / "map.png"
+    code, stdout, err = invoke(
+        capsys,
+        "compression-map",
+        "--model",
+        "tiny-llava-mini",
+        "--image",
+        "skimage:chelsea",
+        "--out",
+        str(out),
+    )
+    assert code == 0, err
+    assert out.stat().st_size > 0 and "4 queries over a 24 x 24 grid" in stdout
+    code, _, err = invoke(
+        capsys,
+        "compression-map",
+        "--model",
+        "tiny-llava-mini",
+        "--image",
+        "skimage:chelsea",
+        "--frame",
+        "3",
+        "--out",
+        str(tmp_path / "x.png"),
+    )
+    assert code == 2 and "frame 3 is out of range" in err and not (tmp_path / "x.png").exists()
+    code, _, err = invoke(
+        capsys,
+        "compression-map",
+        "--model",
+        "tiny-llava",
+        "--image",
+        "skimage:chelsea",
+        "--out",
+        str(tmp_path / "y.png"),
+    )
+    assert code == 2 and "has no compressor" in err

@@ -10,6 +10,7 @@ import torch
 
 from probe.adapters.base import Adapter, Prepared
 from probe.engines import register_engine
+from probe.errors import ProbeError
 from probe.intermediate import LayerStats, concat_sequences, stats_from_probabilities
 
 
@@ -20,6 +21,11 @@ def run_eager(adapter: Adapter, prepared: Prepared, per_head: bool = False) -> l
         out = adapter.forward(inputs, output_attentions=True)
     results: list[LayerStats] = []
     for stage, attentions in adapter.attention_stages(out).items():
+        if len(attentions) != adapter.num_layers(stage):
+            raise ProbeError(
+                f"the {stage} stage reported attention probabilities for {len(attentions)} of "
+                f"{adapter.num_layers(stage)} layers: its attention modules do not follow the eager setting"
+            )
         per_sequence = prepared.sequence_roles.get(stage)
         roles = per_sequence if per_sequence is not None else prepared.roles[stage]
         for layer, probs in enumerate(attentions):

@@ -352,6 +352,11 @@ def run_native(
         )
     results: list[LayerStats] = []
     for stage, context in contexts.items():
+        if len(context.chunks) != adapter.num_layers(stage):
+            raise ProbeError(
+                f"the native backend saw {len(context.chunks)} of {adapter.num_layers(stage)} {stage} layers: "
+                "some attention modules do not follow the model's attention setting"
+            )
         stats = context.layer_stats(stage)
         if stage in prepared.sequence_roles:
             stats = [concat_sequences(s) for s in stats]
