@@ -231,12 +231,15 @@ def collect(
             k = min(n_keys, offset + q1)
             scores = _scores_into(buf, qb, k32[:, :, :k], bsz, n_heads, nb, k)
             # only the last nb key columns hold the causal triangle; everything before is visible to all.
-            # Row by row: one strided fill per query row is ~10x cheaper than a broadcast bool masked_fill_.
+            # On CPU one strided fill per query row is ~10x cheaper than a broadcast bool masked_fill_;
+            # elsewhere (one kernel launch per row) the masked_fill_ is kept.
             tail = k - nb
-            for i in range(nb):
-                start = max(tail, int(pos[i]) + 1)
-                if start < k:
-                    scores[:, :, i, start:].fill_(-math.inf)
+            if query.device.type == "cpu":
+                for i in range(nb):  # query i sits at position offset + q0 + i and sees keys <= it
+                    scores[:, :, i, max(tail, offset + q0 + i + 1) :].fill_(-math.inf)
+            else:
+                tri = torch.arange(tail, k, device=query.device)[None, :] > pos[:, None]
+                scores[..., tail:].masked_fill_(tri, -math.inf)
             probs = torch.softmax(scores, dim=-1, out=scores)
             seen = seen_all[:, q0:q1]
         else:
