@@ -71,8 +71,9 @@ def model_config(device: str):
     )
 
 
-def build(length: int, device: str):
-    """(adapter, prepared) for a sequence of about `length` tokens."""
+def build(length: int, device: str, local_dir: str | None = None):
+    """(adapter, prepared) for a sequence of about `length` tokens (model loaded back from `local_dir`
+    after save_pretrained there, when given)."""
     import torch
     from transformers import LlavaForConditionalGeneration
 
@@ -119,8 +120,20 @@ def build(length: int, device: str):
     }
     from probe.builtin.tokenizer import build_tokenizer
 
-    tokenizer = build_tokenizer()  # offline; TransformerLens' bridge wants a tokenizer with a name
-    tokenizer.init_kwargs.setdefault("name_or_path", "probe-benchmark")
+    tokenizer = build_tokenizer()  # offline
+    if local_dir is not None:
+        # As a user's local checkpoint: TransformerLens' bridge re-loads the tokenizer (and reads the
+        # config) by name, which for a config-built model would be a hub look-up. Save model and
+        # tokenizer with save_pretrained and load both back from the directory.
+        from transformers import AutoTokenizer
+
+        model.save_pretrained(local_dir)
+        tokenizer.save_pretrained(local_dir)
+        del model
+        model = LlavaForConditionalGeneration.from_pretrained(
+            local_dir, dtype=dtype, attn_implementation="sdpa", device_map=device
+        ).eval()
+        tokenizer = AutoTokenizer.from_pretrained(local_dir)
     processor = SimpleNamespace(tokenizer=tokenizer, chat_template="")
     adapter = LlavaAdapter(model, processor)
     return adapter, Prepared(inputs=inputs, roles={"llm": roles}, prompt_length=start, response_ids=[])
@@ -134,11 +147,16 @@ def _rss_kb(field: str) -> int:
 
 
 def worker(method: str, length: int, device: str, repeats: int, out: str) -> None:
+    with tempfile.TemporaryDirectory() as local_dir:
+        adapter, prepared = build(length, device, local_dir if method == "transformer-lens" else None)
+        _measure(adapter, prepared, method, device, repeats, out)
+
+
+def _measure(adapter, prepared, method: str, device: str, repeats: int, out: str) -> None:
     import torch
 
     from probe.engines import get_engine
 
-    adapter, prepared = build(length, device)
     torch.set_grad_enabled(False)
     if method == "baseline":
         inputs = {k: v.to(device) for k, v in prepared.inputs.items()}

@@ -12,7 +12,9 @@ the hook, one layer at a time; the pattern is not kept.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+from unittest import mock
 
 import torch
 
@@ -23,6 +25,28 @@ from probe.intermediate import LayerStats, stats_from_probabilities
 
 MAX_TOKENS = 32768
 SUPPORTED = {"llava", "llava_next"}
+
+
+@contextlib.contextmanager
+def _no_processor_loading():
+    """Skip TransformerLens' own processor loading while booting.
+
+    After building the bridge, TransformerLens loads `AutoProcessor.from_pretrained(name)` and, when that
+    fails (e.g. an image processor that needs torchvision), runs `pip install torchvision` into the
+    current environment - which can reinstall torch. run_lens passes input_ids / pixel_values itself and
+    never needs the bridge's processor, so that step is replaced by a no-op (the adapter's processor is
+    attached instead).
+    """
+    try:
+        from transformer_lens.model_bridge.sources.transformers import source
+    except ImportError:  # other TransformerLens layout: nothing to patch
+        yield
+        return
+    if not hasattr(source, "load_modality_processor"):
+        yield
+        return
+    with mock.patch.object(source, "load_modality_processor", lambda *args, **kwargs: None):
+        yield
 
 
 def bridge_for(adapter: Adapter):
@@ -39,11 +63,13 @@ def bridge_for(adapter: Adapter):
         source = getattr(model.config, "_name_or_path", "") or adapter.family
         tokenizer = getattr(adapter.processor, "tokenizer", None)
         try:
-            bridge = TransformerBridge.boot_transformers(
-                source, hf_model=model, tokenizer=tokenizer, device=adapter.device
-            )
+            with _no_processor_loading():
+                bridge = TransformerBridge.boot_transformers(
+                    source, hf_model=model, tokenizer=tokenizer, device=adapter.device
+                )
         except Exception as exc:  # unsupported architecture, etc.
             raise ProbeError(f"TransformerLens cannot bridge this model: {exc}") from None
+        bridge.processor = adapter.processor  # never used by run_lens (it passes tensors), kept for callers
         bridge.eval()
         adapter._lens_bridge = bridge
     return bridge
