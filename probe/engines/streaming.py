@@ -307,7 +307,9 @@ def collect(
     context.chunks.setdefault(int(module.layer_idx), []).append(chunk)
 
 
-def _scores_into(buf: torch.Tensor, qb: torch.Tensor, keys: torch.Tensor, bsz, n_heads, nb, k) -> torch.Tensor:
+def _scores_into(
+    buf: torch.Tensor, qb: torch.Tensor, keys: torch.Tensor, bsz, n_heads, nb, k
+) -> torch.Tensor:
     """Q K^T of one block ([B, H, nb, k], scale already in qb), written into the front of `buf`."""
     out = buf[: bsz * n_heads * nb * k].view(bsz, keys.shape[1], n_heads // keys.shape[1] * nb, k)
     torch.matmul(qb, keys.transpose(-1, -2), out=out)
