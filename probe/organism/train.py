@@ -49,9 +49,10 @@ class TrainConfig:
     n_train: int = 6000
     batch_size: int = 8
     vision_batch_size: int = 16
-    stages: tuple[tuple[str, int], ...] = (("vision", 300), ("projector", 100), ("full", 1500))
+    stages: tuple[tuple[str, int], ...] = (("vision", 200), ("projector", 100), ("full", 1000))
     lr: dict = field(default_factory=lambda: {"vision": 2e-3, "projector": 1e-3, "full": 1e-3})
     warmup: int = 30
+    vision_lr_scale: float = 0.2  # the vision tower trains in stage `full` too, 5x slower
     min_lr_ratio: float = 0.1
     weight_decay: float = 0.01
     grad_clip: float = 1.0
@@ -173,18 +174,56 @@ def patch_targets(objects, grid: int) -> torch.Tensor:
 
 
 # --- stages ------------------------------------------------------------------------------------------
-def trainable_parameters(model, stage: str, head: torch.nn.Module | None) -> list[torch.nn.Parameter]:
+def _vision_tower(model):
+    inner = getattr(model, "model", None)
+    return getattr(inner, "vision_tower", None)
+
+
+def parameter_groups(model, stage: str, head: torch.nn.Module | None, config: TrainConfig) -> list[dict]:
+    """Trainable parameters of a stage as optimiser groups with an lr `scale` (the tower learns slower in `full`)."""
     for p in model.parameters():
         p.requires_grad_(stage == "full")
     if stage == "vision":
-        params = list(model.model.vision_tower.parameters()) + list(head.parameters())
+        groups = [{"params": list(_vision_tower(model).parameters()) + list(head.parameters()), "scale": 1.0}]
     elif stage == "projector":
-        params = list(model.model.multi_modal_projector.parameters())
+        groups = [{"params": list(model.model.multi_modal_projector.parameters()), "scale": 1.0}]
     else:
-        params = [p for p in model.parameters()]
-    for p in params:
-        p.requires_grad_(True)
-    return params
+        tower = _vision_tower(model)
+        tower_ids = {id(p) for p in tower.parameters()} if tower is not None else set()
+        groups = [
+            {"params": [p for p in model.parameters() if id(p) not in tower_ids], "scale": 1.0},
+            {
+                "params": [p for p in model.parameters() if id(p) in tower_ids],
+                "scale": config.vision_lr_scale,
+            },
+        ]
+        groups = [g for g in groups if g["params"]]
+    for group in groups:
+        for p in group["params"]:
+            p.requires_grad_(True)
+    return groups
+
+
+@torch.no_grad()
+def standardise_projector_input(model, batcher: Batcher, n_images: int = 16) -> None:
+    """Data-dependent init of the projector's first layer at the start of stage 1.
+
+    The layer -2 CLIP features are pre-LayerNorm residuals: a common offset (norm ~100) dwarfs the
+    per-patch signal (std ~2), so after the LLM's RMSNorm every vision token would look alike and the
+    LLM has nothing to attend to. Folding a per-feature standardisation (mean and std over the patches
+    of the first training images) into `linear_1` fixes that without changing the architecture.
+    """
+    tower = _vision_tower(model)
+    pixel_values = batcher.processor.image_processor(
+        [batcher.scenes[i].image() for i in range(min(n_images, len(batcher.scenes)))], return_tensors="pt"
+    )["pixel_values"]
+    hidden = tower(pixel_values, output_hidden_states=True).hidden_states[model.config.vision_feature_layer]
+    hidden = hidden[:, 1:].reshape(-1, hidden.shape[-1])
+    mean, std = hidden.mean(0), hidden.std(0) + 1e-5
+    linear = model.model.multi_modal_projector.linear_1
+    weight = linear.weight / std
+    linear.weight.copy_(weight)
+    linear.bias.copy_(linear.bias - weight @ mean)
 
 
 def learning_rate(config: TrainConfig, stage: str, step: int, total: int) -> float:
@@ -295,13 +334,16 @@ def train(
     try:
         for si in range(state["stage_index"], len(config.stages)):
             stage, n_steps = config.stages[si]
-            params = trainable_parameters(model, stage, head)
-            optimiser = torch.optim.AdamW(params, lr=config.lr[stage], weight_decay=config.weight_decay)
+            groups = parameter_groups(model, stage, head, config)
+            params = [p for g in groups for p in g["params"]]
+            optimiser = torch.optim.AdamW(groups, lr=config.lr[stage], weight_decay=config.weight_decay)
             start = 0
             if ckpt is not None and si == state["stage_index"]:
                 start = state["step"]
                 if ckpt.get("optimiser") is not None:
                     optimiser.load_state_dict(ckpt["optimiser"])
+            if stage == "projector" and start == 0:
+                standardise_projector_input(model, batcher)
             for step in range(start, n_steps):
                 t0 = time.perf_counter()
                 rng = step_rng(config.seed, stage, step)
@@ -309,7 +351,7 @@ def train(
                 indices = [int(i) for i in rng.choice(len(scenes), size=size, replace=False)]
                 lr = learning_rate(config, stage, step, n_steps)
                 for group in optimiser.param_groups:
-                    group["lr"] = lr
+                    group["lr"] = lr * group["scale"]
                 if stage == "vision":
                     loss = vision_loss(model, head, batcher.vision_batch(indices, grid))
                 else:
