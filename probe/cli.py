@@ -137,6 +137,89 @@ def compression_map_command(model_name, image, prompt, frame, out, device, dtype
     )
 
 
+# --- model organisms (issue 5) -------------------------------------------------------------------
+@cli.group("organism")
+def organism_group() -> None:
+    """Model organisms: small LLaVA models trained on synthetic VQA that really use the image."""
+
+
+@organism_group.command("data")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Directory for <split>.jsonl + images/.")
+@click.option("--n-train", default=6000, show_default=True, type=click.IntRange(min=0))
+@click.option("--n-val", default=200, show_default=True, type=click.IntRange(min=0))
+@click.option("--n-test", default=300, show_default=True, type=click.IntRange(min=0))
+@click.option("--n-heldout", default=300, show_default=True, type=click.IntRange(min=0),
+              help="Images with colour x shape pairs never seen in training.")
+@click.option("--seed", default=0, show_default=True, type=int)
+def organism_data_command(out, n_train, n_val, n_test, n_heldout, seed) -> None:
+    """Write the seeded synthetic VQA splits (PNG + `--dataset` JSONL)."""
+    from probe.organism.data import write_dataset
+
+    sizes = {"train": n_train, "val": n_val, "test": n_test, "heldout": n_heldout}
+    paths = write_dataset(out, seed=seed, sizes=sizes, progress=True)
+    for split, path in paths.items():
+        click.echo(f"{split}: {path}")
+
+
+@organism_group.command("train")
+@click.option("--model", "model_name", default="organism-llava", show_default=True,
+              help="organism-llava or organism-llava-mini (needs the llava_mini package).")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Run directory (rerun to resume).")
+@click.option("--seed", default=0, show_default=True, type=int)
+def organism_train_command(model_name, out, seed) -> None:
+    """Train an organism LLaVA-style; killing and rerunning the command resumes from the last checkpoint."""
+    from probe.organism.train import default_config, train
+
+    config = default_config(model_name)
+    config.seed = seed
+    final = train(model_name, out, config)
+    click.echo(f"trained weights: {final}")
+
+
+@organism_group.command("eval")
+@click.option("--model", "model_name", default="organism-llava", show_default=True, help="Zoo name or directory.")
+@click.option("--split", type=click.Choice(["train", "val", "test", "heldout"]), default="test", show_default=True,
+              help="Split regenerated deterministically into $PROBE_HOME (ignored with --dataset).")
+@click.option("--dataset", type=click.Path(path_type=Path), help="A JSONL written by `probe organism data` instead.")
+@click.option("--blank-image", is_flag=True, help="Replace every image by a blank one (should fall to chance).")
+@click.option("--limit", type=click.IntRange(min=1), help="Evaluate only the first N questions.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Data seed of the split.")
+@click.option("--out", type=click.Path(path_type=Path), help="Write per-question predictions to this CSV.")
+@click.option("--device", default="cpu", show_default=True)
+def organism_eval_command(model_name, split, dataset, blank_image, limit, seed, out, device) -> None:
+    """Exact-match accuracy of the generated first word, per question type, against chance."""
+    from probe.inputs import read_dataset
+    from probe.organism.data import ensure_split
+    from probe.organism.evaluate import chance, evaluate, summarise
+    from probe.zoo import load
+
+    path = dataset or ensure_split(split, seed=seed)
+    samples = read_dataset(path)[:limit]
+    loaded = load(model_name, device=device, dtype="float32")
+    results = evaluate(loaded, samples, blank=blank_image)
+    if out is not None:
+        results.to_csv(out, index=False)
+    table = summarise(results, chance(samples))
+    label = "blank-image accuracy" if blank_image else "accuracy"
+    click.echo(f"{model_name} on {path} ({len(samples)} questions){' with blank images' if blank_image else ''}")
+    click.echo(f"{'type':16s} {'n':>5s} {label:>22s} {'chance(uniform)':>16s} {'chance(majority)':>17s}")
+    for row in table.itertuples():
+        click.echo(f"{row.type:16s} {row.n:5d} {row.accuracy:22.3f} {row.uniform:16.3f} {row.majority:17.3f}")
+
+
+@organism_group.command("ship")
+@click.option("--from", "source", type=click.Path(path_type=Path), required=True, help="A training run directory.")
+@click.option("--name", default="organism-llava", show_default=True)
+def organism_ship_command(source, name) -> None:
+    """Copy a finished run's weights into probe/organism/weights/ and update weights.sha256 (maintainers)."""
+    from probe.organism.weights_io import ship
+
+    final = source / "final" if (source / "final").is_dir() else source
+    if not (final / "config.json").is_file():
+        raise ProbeError(f"{final} holds no finished model (config.json missing)")
+    click.echo(f"shipped to {ship(final, name)}")
+
+
 def main() -> None:
     """Entry point: user errors are one line on stderr and exit code 2, never a traceback."""
     from transformers.utils import logging as hf_logging

@@ -78,6 +78,14 @@ def _register_defaults() -> None:
     )
     register(
         ModelSpec(
+            name="organism-llava",
+            family="llava",
+            path=Path(__file__).resolve().parent / "organism" / "weights" / "organism-llava",
+            description="LlavaForConditionalGeneration trained on synthetic VQA (probe organism), uses the image",
+        )
+    )
+    register(
+        ModelSpec(
             name="tiny-llava-next",
             family="llava_next",
             builder=build_tiny_llava_next,

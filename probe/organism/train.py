@@ -1,0 +1,415 @@
+"""LLaVA-style training of model organisms on the synthetic VQA, on CPU, resumable and deterministic.
+
+Stages (each a list of steps; the run is one global step counter):
+  0. `vision`    brief pretraining of the random-initialised CLIP tower: a linear probe on the layer -2
+                 patch features (the ones the projector reads) predicts each patch's object colour,
+                 shape and size. The probe head is thrown away. (LLaVA starts from a pretrained CLIP;
+                 ours has none, so it gets this short dense warm-up instead.)
+  1. `projector` LLaVA stage 1: only the multimodal projector trains.
+  2. `full`      LLaVA stage 2: end to end, vision tower included (it was random-initialised).
+Stages 1-2 are teacher-forced through the model's real `forward(input_ids, pixel_values,
+attention_mask, labels)` with the loss on answer tokens (and their `</s>`) only. Each training image is
+one multi-turn conversation over its questions (as in LLaVA's instruction data), so the 576 vision
+tokens are paid once for several answers. Any model with that forward can be trained (stage `full`),
+which is how `organism-llava-mini` is trained.
+
+Determinism and resume: the batch of step t is a pure function of (seed, stage, t); learning rates are a
+pure function of the step; a checkpoint (model, optimiser, step) is written atomically every
+`checkpoint_every` steps and at each stage end. Killing a run and rerunning the same command continues
+from the last checkpoint and ends with the same weights as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from probe.errors import ProbeError
+from probe.organism import data as D
+from probe.organism.model import MICRO, OrganismSize, build_organism_llava
+
+CHECKPOINT = "checkpoint.pt"
+STAGE_IDS = {"vision": 0, "projector": 1, "full": 2}
+# vision warm-up probe: colour, shape, size (each + background), grid row, grid column
+HEAD_SIZES = [len(D.COLOURS) + 1, len(D.SHAPES) + 1, len(D.SIZES) + 1, D.GRID, D.GRID]
+
+
+@dataclass
+class TrainConfig:
+    seed: int = 0
+    n_train: int = 6000
+    batch_size: int = 8
+    vision_batch_size: int = 16
+    stages: tuple[tuple[str, int], ...] = (("vision", 200), ("projector", 100), ("full", 1000))
+    lr: dict = field(default_factory=lambda: {"vision": 2e-3, "projector": 1e-3, "full": 1e-3})
+    warmup: int = 30
+    vision_lr_scale: float = 0.2  # the vision tower trains in stage `full` too, 5x slower
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    checkpoint_every: int = 50
+    threads: int = 2
+    size: OrganismSize = field(default_factory=OrganismSize)
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["stages"] = [list(s) for s in self.stages]
+        return d
+
+
+def micro_config(seed: int = 0) -> TrainConfig:
+    """A few steps of every stage on a micro model: for tests of determinism and resume."""
+    return TrainConfig(
+        seed=seed,
+        n_train=16,
+        batch_size=2,
+        vision_batch_size=2,
+        stages=(("vision", 2), ("projector", 2), ("full", 3)),
+        warmup=1,
+        checkpoint_every=1,
+        size=MICRO,
+    )
+
+
+# --- batches ---------------------------------------------------------------------------------------
+def step_rng(seed: int, stage: str, step: int) -> np.random.Generator:
+    return np.random.default_rng([seed, 1000 + STAGE_IDS[stage], step])
+
+
+class Batcher:
+    """Turns scenes into model inputs with the model's own processor and chat template."""
+
+    def __init__(self, processor, scenes: list[D.Scene]) -> None:
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
+        self.scenes = scenes
+        self.eos = self.tokenizer.eos_token_id
+        self.pad = self.tokenizer.pad_token_id
+
+    def _turn(self, question: str, first: bool) -> str:
+        content = ([{"type": "image"}] if first else []) + [{"type": "text", "text": question}]
+        return self.processor.apply_chat_template(
+            [{"role": "user", "content": content}], add_generation_prompt=True, tokenize=False
+        )
+
+    def conversation(self, scene: D.Scene, order: list[int]) -> tuple[list[int], list[int], torch.Tensor]:
+        """-> (input ids, labels, pixel values) of one multi-turn conversation; labels on answers + </s>."""
+        ids: list[int] = []
+        labels: list[int] = []
+        pixel_values = None
+        for k, qi in enumerate(order):
+            q = scene.questions[qi]
+            if k == 0:
+                enc = self.processor(
+                    images=[scene.image()], text=self._turn(q.prompt, True), return_tensors="pt"
+                )
+                prompt = enc["input_ids"][0].tolist()
+                pixel_values = enc["pixel_values"][0]
+            else:
+                prompt = self.tokenizer(self._turn(q.prompt, False), add_special_tokens=False).input_ids
+            answer = self.tokenizer(" " + q.answer, add_special_tokens=False).input_ids + [self.eos]
+            ids += prompt + answer
+            labels += [-100] * len(prompt) + answer
+        return ids, labels, pixel_values
+
+    def text_batch(self, indices: list[int], rng: np.random.Generator) -> dict:
+        rows = []
+        for i in indices:
+            scene = self.scenes[i]
+            rows.append(self.conversation(scene, list(rng.permutation(len(scene.questions)))))
+        length = max(len(r[0]) for r in rows)
+        input_ids = torch.full((len(rows), length), self.pad, dtype=torch.long)
+        labels = torch.full((len(rows), length), -100, dtype=torch.long)
+        mask = torch.zeros((len(rows), length), dtype=torch.long)
+        for b, (ids, lab, _) in enumerate(rows):
+            input_ids[b, : len(ids)] = torch.tensor(ids)
+            labels[b, : len(lab)] = torch.tensor(lab)
+            mask[b, : len(ids)] = 1
+        pixel_values = torch.stack([r[2] for r in rows])
+        return {
+            "input_ids": input_ids,
+            "pixel_values": pixel_values,
+            "attention_mask": mask,
+            "labels": labels,
+        }
+
+    def vision_batch(self, indices: list[int], grid: int) -> dict:
+        scenes = [self.scenes[i] for i in indices]
+        pixel_values = self.processor.image_processor([s.image() for s in scenes], return_tensors="pt")[
+            "pixel_values"
+        ]
+        targets = torch.stack([patch_targets(s.objects, grid) for s in scenes])
+        return {"pixel_values": pixel_values, "targets": targets}
+
+
+def patch_targets(objects, grid: int) -> torch.Tensor:
+    """(grid*grid, 5) per patch: colour, shape, size of the object on it (0 = background), grid row, column."""
+    patch = D.IMAGE_SIZE // grid
+    omap = (
+        D.object_map(objects).reshape(grid, patch, grid, patch).transpose(0, 2, 1, 3).reshape(grid * grid, -1)
+    )
+    colours, shapes = list(D.COLOURS), list(D.SHAPES)
+    sizes = list(D.SIZES)
+    out = torch.zeros(grid * grid, 5, dtype=torch.long)
+    for p in range(grid * grid):
+        out[p, 3] = (p // grid) * D.GRID // grid
+        out[p, 4] = (p % grid) * D.GRID // grid
+        counts = np.bincount(omap[p], minlength=len(objects) + 1)
+        k = int(np.argmax(counts[1:])) if len(counts) > 1 else 0
+        if counts[1:].size and counts[1 + k] >= 0.2 * omap.shape[1]:
+            obj = objects[k]
+            out[p, :3] = torch.tensor(
+                [colours.index(obj.colour) + 1, shapes.index(obj.shape) + 1, sizes.index(obj.size) + 1]
+            )
+    return out
+
+
+# --- stages ------------------------------------------------------------------------------------------
+def _vision_tower(model):
+    inner = getattr(model, "model", None)
+    return getattr(inner, "vision_tower", None)
+
+
+def parameter_groups(model, stage: str, head: torch.nn.Module | None, config: TrainConfig) -> list[dict]:
+    """Trainable parameters of a stage as optimiser groups with an lr `scale` (the tower learns slower in `full`)."""
+    for p in model.parameters():
+        p.requires_grad_(stage == "full")
+    if stage == "vision":
+        groups = [{"params": list(_vision_tower(model).parameters()) + list(head.parameters()), "scale": 1.0}]
+    elif stage == "projector":
+        groups = [{"params": list(model.model.multi_modal_projector.parameters()), "scale": 1.0}]
+    else:
+        tower = _vision_tower(model)
+        tower_ids = {id(p) for p in tower.parameters()} if tower is not None else set()
+        groups = [
+            {"params": [p for p in model.parameters() if id(p) not in tower_ids], "scale": 1.0},
+            {
+                "params": [p for p in model.parameters() if id(p) in tower_ids],
+                "scale": config.vision_lr_scale,
+            },
+        ]
+        groups = [g for g in groups if g["params"]]
+    for group in groups:
+        for p in group["params"]:
+            p.requires_grad_(True)
+    return groups
+
+
+@torch.no_grad()
+def standardise_projector_input(model, batcher: Batcher, n_images: int = 16) -> None:
+    """Data-dependent init of the projector's first layer at the start of stage 1.
+
+    The layer -2 CLIP features are pre-LayerNorm residuals: a common offset (norm ~100) dwarfs the
+    per-patch signal (std ~2), so after the LLM's RMSNorm every vision token would look alike and the
+    LLM has nothing to attend to. Folding a per-feature standardisation (mean and std over the patches
+    of the first training images) into `linear_1` fixes that without changing the architecture.
+    """
+    tower = _vision_tower(model)
+    pixel_values = batcher.processor.image_processor(
+        [batcher.scenes[i].image() for i in range(min(n_images, len(batcher.scenes)))], return_tensors="pt"
+    )["pixel_values"]
+    hidden = tower(pixel_values, output_hidden_states=True).hidden_states[model.config.vision_feature_layer]
+    hidden = hidden[:, 1:].reshape(-1, hidden.shape[-1])
+    mean, std = hidden.mean(0), hidden.std(0) + 1e-5
+    linear = model.model.multi_modal_projector.linear_1
+    weight = linear.weight / std
+    linear.weight.copy_(weight)
+    linear.bias.copy_(linear.bias - weight @ mean)
+
+
+def learning_rate(config: TrainConfig, stage: str, step: int, total: int) -> float:
+    base = config.lr[stage]
+    if step < config.warmup:
+        return base * (step + 1) / config.warmup
+    progress = (step - config.warmup) / max(1, total - config.warmup)
+    return base * (config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def vision_loss(model, head, batch) -> torch.Tensor:
+    vision_tower = model.model.vision_tower
+    hidden = vision_tower(batch["pixel_values"], output_hidden_states=True).hidden_states[
+        model.config.vision_feature_layer
+    ]
+    logits = head(hidden[:, 1:])  # CLS dropped, as the projector sees it
+    targets = batch["targets"]
+    splits = torch.split(logits, HEAD_SIZES, dim=-1)
+    return sum(
+        torch.nn.functional.cross_entropy(s.reshape(-1, s.shape[-1]), targets[..., k].reshape(-1))
+        for k, s in enumerate(splits)
+    ) / len(splits)
+
+
+# --- the run -----------------------------------------------------------------------------------------
+def _atomic_torch_save(obj, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def build_model(model_name: str, config: TrainConfig):
+    """-> (model, processor) to train. `organism-llava-mini` is built from organism-llava by `llava_mini`."""
+    if model_name == "organism-llava":
+        return build_organism_llava(config.seed, config.size)
+    if model_name == "organism-llava-mini":
+        try:
+            from llava_mini.build import build_from_llava
+        except ImportError as exc:
+            raise ProbeError(
+                "organism-llava-mini needs the `llava_mini` package (llava_mini.build.build_from_llava), "
+                f"which is not importable here ({exc}); train organism-llava, or install/merge llava_mini first"
+            ) from None
+        import probe
+
+        base = probe.load("organism-llava", device="cpu", dtype="float32")
+        return build_from_llava(base.model, C=1, n_fusion=2), base.processor
+    raise ProbeError(f"unknown organism '{model_name}': use organism-llava or organism-llava-mini")
+
+
+def default_config(model_name: str) -> TrainConfig:
+    config = TrainConfig()
+    if model_name == "organism-llava-mini":  # starts from the trained organism: stage 2 only
+        config.stages = (("full", 800),)
+    return config
+
+
+def train(
+    model_name: str,
+    out: Path,
+    config: TrainConfig | None = None,
+    stop_after: int | None = None,
+    progress: bool = True,
+) -> Path | None:
+    """Train (or resume) into `out`; returns `out/final` when done, None when stopped by `stop_after`."""
+    config = config or default_config(model_name)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    final = out / "final"
+    if (final / "config.json").is_file():
+        return final
+    torch.set_num_threads(config.threads)
+    settings = {"model": model_name, "config": config.to_json()}
+    settings_file = out / "train.json"
+    if settings_file.is_file():
+        previous = json.loads(settings_file.read_text())
+        if previous.get("settings") != json.loads(json.dumps(settings)):
+            raise ProbeError(f"{out} holds a run with different settings; use another --out or delete it")
+    else:
+        settings_file.write_text(json.dumps({"settings": settings}, indent=2))
+
+    model, processor = build_model(model_name, config)
+    model.float().train()
+    scenes = D.make_split(config.seed, "train", config.n_train)
+    batcher = Batcher(processor, scenes)
+    vision_config = getattr(model.config, "vision_config", None)
+    grid = vision_config.image_size // vision_config.patch_size if vision_config is not None else 24
+    head = None
+    if any(s == "vision" for s, _ in config.stages):
+        torch.manual_seed(config.seed + 1)
+        head = torch.nn.Linear(vision_config.hidden_size, sum(HEAD_SIZES))
+
+    total = sum(n for _, n in config.stages)
+    state = {"stage_index": 0, "step": 0, "elapsed_s": 0.0}
+    ckpt_path = out / CHECKPOINT
+    ckpt = torch.load(ckpt_path, weights_only=False) if ckpt_path.is_file() else None
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+        if head is not None and ckpt.get("head") is not None:
+            head.load_state_dict(ckpt["head"])
+        state = ckpt["state"]
+    done = sum(n for _, n in config.stages[: state["stage_index"]]) + state["step"]
+    bar = tqdm(
+        total=total, initial=done, desc=model_name, unit="step", disable=not progress, dynamic_ncols=True
+    )
+    log = (out / "log.jsonl").open("a")
+    steps_this_run = 0
+    try:
+        for si in range(state["stage_index"], len(config.stages)):
+            stage, n_steps = config.stages[si]
+            groups = parameter_groups(model, stage, head, config)
+            params = [p for g in groups for p in g["params"]]
+            optimiser = torch.optim.AdamW(groups, lr=config.lr[stage], weight_decay=config.weight_decay)
+            start = 0
+            if ckpt is not None and si == state["stage_index"]:
+                start = state["step"]
+                if ckpt.get("optimiser") is not None:
+                    optimiser.load_state_dict(ckpt["optimiser"])
+            if stage == "projector" and start == 0:
+                standardise_projector_input(model, batcher)
+            for step in range(start, n_steps):
+                t0 = time.perf_counter()
+                rng = step_rng(config.seed, stage, step)
+                size = config.vision_batch_size if stage == "vision" else config.batch_size
+                indices = [int(i) for i in rng.choice(len(scenes), size=size, replace=False)]
+                lr = learning_rate(config, stage, step, n_steps)
+                for group in optimiser.param_groups:
+                    group["lr"] = lr * group["scale"]
+                if stage == "vision":
+                    loss = vision_loss(model, head, batcher.vision_batch(indices, grid))
+                else:
+                    loss = model(**batcher.text_batch(indices, rng)).loss
+                optimiser.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+                optimiser.step()
+                state = {
+                    "stage_index": si,
+                    "step": step + 1,
+                    "elapsed_s": state["elapsed_s"] + time.perf_counter() - t0,
+                }
+                log.write(
+                    json.dumps(
+                        {
+                            "stage": stage,
+                            "step": step,
+                            "loss": round(loss.item(), 5),
+                            "lr": lr,
+                            "elapsed_s": round(state["elapsed_s"], 2),
+                        }
+                    )
+                    + "\n"
+                )
+                bar.update(1)
+                bar.set_postfix(stage=stage, loss=f"{loss.item():.3f}")
+                steps_this_run += 1
+                last = step + 1 == n_steps
+                stop = stop_after is not None and steps_this_run >= stop_after
+                if last or stop or (step + 1) % config.checkpoint_every == 0:
+                    if last and si + 1 < len(config.stages):
+                        state = {"stage_index": si + 1, "step": 0, "elapsed_s": state["elapsed_s"]}
+                    log.flush()
+                    _atomic_torch_save(
+                        {
+                            "model": model.state_dict(),
+                            "head": head.state_dict() if head is not None else None,
+                            "optimiser": None if last else optimiser.state_dict(),
+                            "state": state,
+                        },
+                        ckpt_path,
+                    )
+                if stop and not (last and si + 1 == len(config.stages)):
+                    return None
+            ckpt = None
+    finally:
+        bar.close()
+        log.close()
+    for p in model.parameters():
+        p.requires_grad_(True)
+    staging = out / ".final-staging"
+    shutil.rmtree(staging, ignore_errors=True)
+    model.eval().save_pretrained(staging)
+    processor.save_pretrained(staging)
+    meta = json.loads(settings_file.read_text())
+    meta["train_seconds"] = round(state["elapsed_s"], 1)
+    settings_file.write_text(json.dumps(meta, indent=2))
+    shutil.copy(settings_file, staging / "train.json")
+    os.replace(staging, final)
+    return final

@@ -1,0 +1,251 @@
+"""Model organisms (issue 5): synthetic VQA generator, training determinism and resume, llava-mini hook."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+from scipy import ndimage
+
+from probe.errors import ProbeError
+from probe.organism import data as D
+from tests.conftest import run_cli
+
+# sha256 of the regenerated default test split (JSONL text + decoded pixels): it must not drift.
+TEST_SPLIT_DIGEST = "0944cfc53892a62d15ff464604e270fbf0cedddc4480f6514a1857d23a98456e"
+
+# --- an independent reading of the pictures: connected components of each colour's exact RGB ---------
+POSITIONS = {
+    "top left": (0, 0),
+    "top": (0, 1),
+    "top right": (0, 2),
+    "left": (1, 0),
+    "centre": (1, 1),
+    "right": (1, 2),
+    "bottom left": (2, 0),
+    "bottom": (2, 1),
+    "bottom right": (2, 2),
+}
+NUMBER_WORDS = ["zero", "one", "two", "three", "four"]
+
+
+def parse_image(path) -> list[dict]:
+    """Objects seen in the pixels: colour from RGB, shape from how much of its bounding box it fills."""
+    pixels = np.asarray(Image.open(path).convert("RGB"))
+    found = []
+    for name, rgb in D.COLOURS.items():
+        labels, n = ndimage.label((pixels == rgb).all(-1))
+        for k in range(1, n + 1):
+            ys, xs = np.nonzero(labels == k)
+            width, height = np.ptp(xs) + 1, np.ptp(ys) + 1
+            fill = len(xs) / (width * height)
+            shape = (
+                "square" if fill > 0.9 else "circle" if fill > 0.7 else "triangle" if fill > 0.46 else "star"
+            )
+            found.append(
+                {
+                    "colour": name,
+                    "shape": shape,
+                    "size": "big" if width > 62 else "small",
+                    "row": int(ys.mean() // 112),
+                    "col": int(xs.mean() // 112),
+                    "x": xs.mean(),
+                }
+            )
+    return found
+
+
+def answer_from_pixels(prompt: str, objects: list[dict]) -> str:
+    def one(**match):
+        hits = [o for o in objects if all(o[k] == v for k, v in match.items())]
+        assert len(hits) == 1, (prompt, hits)
+        return hits[0]
+
+    if m := re.fullmatch(r"What colour is the shape in the (.+)\?", prompt):
+        row, col = POSITIONS[m[1]]
+        return one(row=row, col=col)["colour"]
+    if m := re.fullmatch(r"What shape is in the (.+)\?", prompt):
+        row, col = POSITIONS[m[1]]
+        return one(row=row, col=col)["shape"]
+    if m := re.fullmatch(r"What colour is the (\w+)\?", prompt):
+        return one(shape=m[1])["colour"]
+    if m := re.fullmatch(r"What shape is the (\w+) object\?", prompt):
+        return one(colour=m[1])["shape"]
+    if m := re.fullmatch(r"How many (\w+)s are there\?", prompt):
+        return NUMBER_WORDS[sum(o["shape"] == m[1] for o in objects)]
+    if m := re.fullmatch(r"Is the (\w+) shape left of the (\w+) one\?", prompt):
+        return "yes" if one(colour=m[1])["x"] < one(colour=m[2])["x"] else "no"
+    if m := re.fullmatch(r"Is the (\w+) (\w+) big or small\?", prompt):
+        return one(colour=m[1], shape=m[2])["size"]
+    raise AssertionError(f"unexpected question {prompt}")
+
+
+@pytest.fixture(scope="module")
+def small_dataset(tmp_path_factory):
+    out = tmp_path_factory.mktemp("organism-data")
+    D.write_dataset(out, seed=3, sizes={"train": 40, "val": 5, "test": 30, "heldout": 30})
+    return out
+
+
+def test_answers_match_the_pixels(small_dataset):
+    checked = set()
+    for split in ("train", "test", "heldout"):
+        for line in (small_dataset / f"{split}.jsonl").read_text().splitlines():
+            record = json.loads(line)
+            objects = parse_image(small_dataset / record["image"])
+            assert len(objects) == len(record["objects"])
+            assert answer_from_pixels(record["prompt"], objects) == record["answer"], record
+            checked.add(record["type"])
+    assert checked == set(D.QUESTION_TYPES)
+
+
+def test_heldout_pairs_only_in_heldout(small_dataset):
+    for split in ("train", "val", "test", "heldout"):
+        for line in (small_dataset / f"{split}.jsonl").read_text().splitlines():
+            record = json.loads(line)
+            pairs = {(o["colour"], o["shape"]) for o in record["objects"]}
+            if split == "heldout":
+                assert pairs & D.HELD_OUT_PAIRS
+            else:
+                assert not pairs & D.HELD_OUT_PAIRS
+
+
+def test_generator_is_deterministic(tmp_path, small_dataset):
+    D.write_split(tmp_path, seed=3, split="test", n=30)
+    assert D.split_digest(tmp_path / "test.jsonl") == D.split_digest(small_dataset / "test.jsonl")
+    # an image does not depend on how many were asked for, and seeds differ
+    assert D.make_scene(3, "train", 7) == D.make_split(3, "train", 40)[7]
+    assert D.make_scene(4, "train", 7) != D.make_scene(3, "train", 7)
+
+
+def test_dataset_reads_with_probe_inputs(small_dataset):
+    from probe.inputs import read_dataset
+
+    samples = read_dataset(small_dataset / "test.jsonl")
+    assert samples[0].prompt.startswith("<image>") and samples[0].answer
+    assert samples[0].meta["type"] in D.QUESTION_TYPES
+
+
+def test_regenerated_test_split_does_not_drift(probe_home):
+    path = D.ensure_split("test", seed=0)
+    assert path.is_relative_to(probe_home)
+    assert D.split_digest(path) == TEST_SPLIT_DIGEST
+
+
+def test_data_cli(tmp_path):
+    result = run_cli(
+        "organism",
+        "data",
+        "--out",
+        str(tmp_path),
+        "--n-train",
+        "3",
+        "--n-val",
+        "1",
+        "--n-test",
+        "2",
+        "--n-heldout",
+        "2",
+        "--seed",
+        "1",
+    )
+    assert result.returncode == 0, result.stderr
+    assert len((tmp_path / "test.jsonl").read_text().splitlines()) >= 2
+    assert len(list((tmp_path / "images" / "train").glob("*.png"))) == 3
+
+
+# --- training -----------------------------------------------------------------------------------------
+def _weights(final):
+    from safetensors.torch import load_file
+
+    return load_file(str(final / "model.safetensors"))
+
+
+def test_conversation_tokens_match_the_chat_template():
+    from probe.organism.model import build_processor
+    from probe.organism.train import Batcher
+
+    processor = build_processor()
+    scene = D.make_scene(0, "train", 0)
+    ids, labels, _ = Batcher(processor, [scene]).conversation(scene, [0, 1])
+    messages = []
+    for k in (0, 1):
+        q = scene.questions[k]
+        messages.append(
+            {
+                "role": "user",
+                "content": ([{"type": "image"}] if k == 0 else []) + [{"type": "text", "text": q.prompt}],
+            }
+        )
+        messages.append({"role": "assistant", "content": [{"type": "text", "text": q.answer}]})
+    text = processor.apply_chat_template(messages, tokenize=False)
+    assert list(processor(images=[scene.image()], text=text)["input_ids"][0]) == ids
+    answered = processor.tokenizer.decode([t for t in labels if t >= 0])
+    assert answered == f" {scene.questions[0].answer}</s> {scene.questions[1].answer}</s>"
+    assert ids.count(processor.tokenizer.convert_tokens_to_ids("<image>")) == 576
+
+
+def test_resume_gives_the_same_weights(tmp_path):
+    from probe.organism.train import micro_config, train
+
+    straight = train("organism-llava", tmp_path / "a", micro_config(), progress=False)
+    assert train("organism-llava", tmp_path / "b", micro_config(), stop_after=3, progress=False) is None
+    assert train("organism-llava", tmp_path / "b", micro_config(), stop_after=2, progress=False) is None
+    resumed = train("organism-llava", tmp_path / "b", micro_config(), progress=False)
+    a, b = _weights(straight), _weights(resumed)
+    assert a.keys() == b.keys()
+    assert all((a[k] == b[k]).all() for k in a)
+    from transformers import LlavaForConditionalGeneration
+
+    trained = LlavaForConditionalGeneration.from_pretrained(straight).state_dict()
+    untrained = _weights_of_untrained()
+    assert trained.keys() == untrained.keys()
+    assert any((trained[k] != untrained[k]).any() for k in untrained)  # it did train
+
+
+def _weights_of_untrained():
+    from probe.organism.model import MICRO, build_organism_llava
+
+    model, _ = build_organism_llava(0, MICRO)
+    return {k: v for k, v in model.state_dict().items()}
+
+
+def test_resume_refuses_other_settings(tmp_path):
+    from probe.organism.train import micro_config, train
+
+    train("organism-llava", tmp_path, micro_config(), stop_after=1, progress=False)
+    with pytest.raises(ProbeError, match="different settings"):
+        train("organism-llava", tmp_path, micro_config(seed=1), progress=False)
+
+
+def test_llava_mini_needs_its_package(tmp_path, monkeypatch):
+    from probe.organism.train import micro_config, train
+
+    monkeypatch.setitem(sys.modules, "llava_mini.build", None)  # import of it raises ImportError
+    with pytest.raises(ProbeError, match="llava_mini"):
+        train("organism-llava-mini", tmp_path, micro_config(), progress=False)
+
+
+def test_train_cli_reports_missing_llava_mini(tmp_path):
+    code = (
+        "import sys; sys.modules['llava_mini.build'] = None; from probe.cli import main; "
+        f"sys.argv = ['probe', 'organism', 'train', '--model', 'organism-llava-mini', '--out', r'{tmp_path}']; main()"
+    )
+    import subprocess
+
+    from tests.conftest import REPO
+
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**__import__("os").environ, "PYTHONPATH": str(REPO)},
+        timeout=300,
+    )
+    assert result.returncode == 2
+    assert "llava_mini" in result.stderr and "Traceback" not in result.stderr
