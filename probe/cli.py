@@ -144,12 +144,19 @@ def organism_group() -> None:
 
 
 @organism_group.command("data")
-@click.option("--out", type=click.Path(path_type=Path), required=True, help="Directory for <split>.jsonl + images/.")
+@click.option(
+    "--out", type=click.Path(path_type=Path), required=True, help="Directory for <split>.jsonl + images/."
+)
 @click.option("--n-train", default=6000, show_default=True, type=click.IntRange(min=0))
 @click.option("--n-val", default=200, show_default=True, type=click.IntRange(min=0))
 @click.option("--n-test", default=300, show_default=True, type=click.IntRange(min=0))
-@click.option("--n-heldout", default=300, show_default=True, type=click.IntRange(min=0),
-              help="Images with colour x shape pairs never seen in training.")
+@click.option(
+    "--n-heldout",
+    default=300,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Images with colour x shape pairs never seen in training.",
+)
 @click.option("--seed", default=0, show_default=True, type=int)
 def organism_data_command(out, n_train, n_val, n_test, n_heldout, seed) -> None:
     """Write the seeded synthetic VQA splits (PNG + `--dataset` JSONL)."""
@@ -162,9 +169,16 @@ def organism_data_command(out, n_train, n_val, n_test, n_heldout, seed) -> None:
 
 
 @organism_group.command("train")
-@click.option("--model", "model_name", default="organism-llava", show_default=True,
-              help="organism-llava or organism-llava-mini (needs the llava_mini package).")
-@click.option("--out", type=click.Path(path_type=Path), required=True, help="Run directory (rerun to resume).")
+@click.option(
+    "--model",
+    "model_name",
+    default="organism-llava",
+    show_default=True,
+    help="organism-llava or organism-llava-mini (needs the llava_mini package).",
+)
+@click.option(
+    "--out", type=click.Path(path_type=Path), required=True, help="Run directory (rerun to resume)."
+)
 @click.option("--seed", default=0, show_default=True, type=int)
 def organism_train_command(model_name, out, seed) -> None:
     """Train an organism LLaVA-style; killing and rerunning the command resumes from the last checkpoint."""
@@ -177,11 +191,22 @@ def organism_train_command(model_name, out, seed) -> None:
 
 
 @organism_group.command("eval")
-@click.option("--model", "model_name", default="organism-llava", show_default=True, help="Zoo name or directory.")
-@click.option("--split", type=click.Choice(["train", "val", "test", "heldout"]), default="test", show_default=True,
-              help="Split regenerated deterministically into $PROBE_HOME (ignored with --dataset).")
-@click.option("--dataset", type=click.Path(path_type=Path), help="A JSONL written by `probe organism data` instead.")
-@click.option("--blank-image", is_flag=True, help="Replace every image by a blank one (should fall to chance).")
+@click.option(
+    "--model", "model_name", default="organism-llava", show_default=True, help="Zoo name or directory."
+)
+@click.option(
+    "--split",
+    type=click.Choice(["train", "val", "test", "heldout"]),
+    default="test",
+    show_default=True,
+    help="Split regenerated deterministically into $PROBE_HOME (ignored with --dataset).",
+)
+@click.option(
+    "--dataset", type=click.Path(path_type=Path), help="A JSONL written by `probe organism data` instead."
+)
+@click.option(
+    "--blank-image", is_flag=True, help="Replace every image by a blank one (should fall to chance)."
+)
 @click.option("--limit", type=click.IntRange(min=1), help="Evaluate only the first N questions.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Data seed of the split.")
 @click.option("--out", type=click.Path(path_type=Path), help="Write per-question predictions to this CSV.")
@@ -201,14 +226,18 @@ def organism_eval_command(model_name, split, dataset, blank_image, limit, seed, 
         results.to_csv(out, index=False)
     table = summarise(results, chance(samples))
     label = "blank-image accuracy" if blank_image else "accuracy"
-    click.echo(f"{model_name} on {path} ({len(samples)} questions){' with blank images' if blank_image else ''}")
+    click.echo(
+        f"{model_name} on {path} ({len(samples)} questions){' with blank images' if blank_image else ''}"
+    )
     click.echo(f"{'type':16s} {'n':>5s} {label:>22s} {'chance(uniform)':>16s} {'chance(majority)':>17s}")
     for row in table.itertuples():
         click.echo(f"{row.type:16s} {row.n:5d} {row.accuracy:22.3f} {row.uniform:16.3f} {row.majority:17.3f}")
 
 
 @organism_group.command("ship")
-@click.option("--from", "source", type=click.Path(path_type=Path), required=True, help="A training run directory.")
+@click.option(
+    "--from", "source", type=click.Path(path_type=Path), required=True, help="A training run directory."
+)
 @click.option("--name", default="organism-llava", show_default=True)
 def organism_ship_command(source, name) -> None:
     """Copy a finished run's weights into probe/organism/weights/ and update weights.sha256 (maintainers)."""

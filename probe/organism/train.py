@@ -260,17 +260,12 @@ def build_model(model_name: str, config: TrainConfig):
     if model_name == "organism-llava":
         return build_organism_llava(config.seed, config.size)
     if model_name == "organism-llava-mini":
-        try:
-            from llava_mini.build import build_from_llava
-        except ImportError as exc:
-            raise ProbeError(
-                "organism-llava-mini needs the `llava_mini` package (llava_mini.build.build_from_llava), "
-                f"which is not importable here ({exc}); train organism-llava, or install/merge llava_mini first"
-            ) from None
-        import probe
-
-        base = probe.load("organism-llava", device="cpu", dtype="float32")
-        return build_from_llava(base.model, C=1, n_fusion=2), base.processor
+        # build_from_llava(organism-llava, C=1, n_fusion=2) gives the model, but this trainer's batches use
+        # LLaVA-v1.5's expanded image-token layout; LLaVA-Mini needs its own (processor_from_llava).
+        raise ProbeError(
+            "training organism-llava-mini is not supported yet: the trainer builds LLaVA-v1.5 batches and "
+            "LLaVA-Mini needs its own (llava_mini.build.processor_from_llava); train organism-llava"
+        )
     raise ProbeError(f"unknown organism '{model_name}': use organism-llava or organism-llava-mini")
 
 
