@@ -67,10 +67,9 @@ def clip_image_processor() -> CLIPImageProcessorPil:
     )
 
 
-def build_tiny_llava(seed: int = 0) -> tuple[PreTrainedModel, ProcessorMixin]:
-    """LLaVA-v1.5 geometry: one 24 x 24 grid (576 tokens) per image, CLS dropped, layer -2 features."""
-    tokenizer = build_tokenizer()
-    processor = LlavaProcessor(
+def llava_v15_processor(tokenizer) -> LlavaProcessor:
+    """LLaVA-v1.5's processor: 336 px CLIP preprocessing, 576 `<image>` tokens per image (CLS dropped)."""
+    return LlavaProcessor(
         image_processor=clip_image_processor(),
         tokenizer=tokenizer,
         patch_size=PATCH_SIZE,
@@ -78,6 +77,12 @@ def build_tiny_llava(seed: int = 0) -> tuple[PreTrainedModel, ProcessorMixin]:
         num_additional_image_tokens=1,
         chat_template=LLAVA_V15_CHAT_TEMPLATE,
     )
+
+
+def build_tiny_llava(seed: int = 0) -> tuple[PreTrainedModel, ProcessorMixin]:
+    """LLaVA-v1.5 geometry: one 24 x 24 grid (576 tokens) per image, CLS dropped, layer -2 features."""
+    tokenizer = build_tokenizer()
+    processor = llava_v15_processor(tokenizer)
     config = LlavaConfig(
         vision_config=tiny_vision_config(),
         text_config=tiny_text_config(len(tokenizer)),

@@ -19,8 +19,8 @@ from transformers import (
     LlavaProcessor,
 )
 
-from probe.builtin.tiny import IMAGE_SIZE, PATCH_SIZE, clip_image_processor
-from probe.builtin.tokenizer import LLAVA_V15_CHAT_TEMPLATE, build_tokenizer
+from probe.builtin.tiny import IMAGE_SIZE, PATCH_SIZE, llava_v15_processor
+from probe.builtin.tokenizer import build_tokenizer
 from probe.organism.data import vocabulary_corpus
 
 
@@ -49,15 +49,7 @@ MICRO = OrganismSize(
 
 
 def build_processor() -> LlavaProcessor:
-    tokenizer = build_tokenizer(vocabulary_corpus(), vocab_size=768)
-    return LlavaProcessor(
-        image_processor=clip_image_processor(),
-        tokenizer=tokenizer,
-        patch_size=PATCH_SIZE,
-        vision_feature_select_strategy="default",
-        num_additional_image_tokens=1,
-        chat_template=LLAVA_V15_CHAT_TEMPLATE,
-    )
+    return llava_v15_processor(build_tokenizer(vocabulary_corpus(), vocab_size=768))
 
 
 def build_organism_llava(
