@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 
 import numpy as np
 import pytest
@@ -222,29 +221,30 @@ def test_resume_refuses_other_settings(tmp_path):
         train("organism-llava", tmp_path, micro_config(seed=1), progress=False)
 
 
-def test_llava_mini_organism_training_is_refused_clearly(tmp_path):
-    from probe.organism.train import micro_config, train
+def test_llava_mini_organism_trains_from_the_organism(tmp_path):
+    """organism-llava-mini: LLaVA-Mini (C=1, n_fusion=2) built on the organism, trained on its own batches."""
+    from llava_mini.modeling import LlavaMiniForConditionalGeneration
+    from llava_mini.processing import LlavaMiniProcessor
+    from probe.organism.train import Batcher, build_model, micro_config, train
+    from probe.zoo import load
 
-    with pytest.raises(ProbeError, match="organism-llava-mini is not supported yet"):
-        train("organism-llava-mini", tmp_path, micro_config(), progress=False)
+    config = micro_config()
+    config.stages = (("full", 3),)
+    model, processor = build_model("organism-llava-mini", config)
+    assert isinstance(model, LlavaMiniForConditionalGeneration) and isinstance(processor, LlavaMiniProcessor)
+    assert (model.config.compressor_size, model.config.prefusion_layer_num) == (1, 2)
+    scenes = D.make_split(0, "train", 2)
+    batch = Batcher(processor, scenes).text_batch([0, 1], np.random.default_rng(0))
+    # LLaVA-Mini layout: one placeholder id per image (C^2 = 1), not 576 expanded image tokens
+    assert ((batch["input_ids"] == processor.image_token_index).sum(1) == 1).all()
+    assert batch["pixel_values"].shape == (2, 1, 1, 3, D.IMAGE_SIZE, D.IMAGE_SIZE)
+    answers = batch["labels"] != -100
+    assert ((batch["input_ids"] == processor.image_token_index) & answers).sum() == 0
+    assert answers.sum(1).min() > 0  # loss on answers (+ </s>) only
 
-
-def test_train_cli_refuses_llava_mini_organism_without_traceback(tmp_path):
-    code = (
-        "import sys; from probe.cli import main; "
-        f"sys.argv = ['probe', 'organism', 'train', '--model', 'organism-llava-mini', '--out', r'{tmp_path}']; main()"
-    )
-    import subprocess
-
-    from tests.conftest import REPO
-
-    result = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        env={**__import__("os").environ, "PYTHONPATH": str(REPO)},
-        timeout=300,
-    )
-    assert result.returncode == 2
-    assert "not supported yet" in result.stderr and "Traceback" not in result.stderr
+    final = train("organism-llava-mini", tmp_path / "run", config, progress=False)
+    losses = [json.loads(line)["loss"] for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert len(losses) == 3 and all(np.isfinite(losses))
+    loaded = load(str(final), dtype="float32")
+    assert isinstance(loaded.model, LlavaMiniForConditionalGeneration)
+    assert loaded.model.config.compressor_size == 1

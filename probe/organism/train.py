@@ -85,6 +85,10 @@ def step_rng(seed: int, stage: str, step: int) -> np.random.Generator:
     return np.random.default_rng([seed, 1000 + STAGE_IDS[stage], step])
 
 
+def _is_mini_processor(processor) -> bool:
+    return type(processor).__name__ == "LlavaMiniProcessor"
+
+
 class Batcher:
     """Turns scenes into model inputs with the model's own processor and chat template."""
 
@@ -97,9 +101,10 @@ class Batcher:
 
     def _turn(self, question: str, first: bool) -> str:
         content = ([{"type": "image"}] if first else []) + [{"type": "text", "text": question}]
-        return self.processor.apply_chat_template(
-            [{"role": "user", "content": content}], add_generation_prompt=True, tokenize=False
-        )
+        messages = [{"role": "user", "content": content}]
+        if _is_mini_processor(self.processor):  # LlavaMiniProcessor renders text only (no `tokenize`)
+            return self.processor.apply_chat_template(messages, add_generation_prompt=True)
+        return self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
     def conversation(self, scene: D.Scene, order: list[int]) -> tuple[list[int], list[int], torch.Tensor]:
         """-> (input ids, labels, pixel values) of one multi-turn conversation; labels on answers + </s>."""
@@ -109,6 +114,8 @@ class Batcher:
         for k, qi in enumerate(order):
             q = scene.questions[qi]
             if k == 0:
+                # LLaVA-v1.5: 576 expanded image tokens, pixel values [3, H, W]; LLaVA-Mini: C^2 placeholder
+                # ids (-200) per image, pixel values [T=1, V=1, 3, H, W] (its processor's own layout)
                 enc = self.processor(
                     images=[scene.image()], text=self._turn(q.prompt, True), return_tensors="pt"
                 )
@@ -260,19 +267,41 @@ def build_model(model_name: str, config: TrainConfig):
     if model_name == "organism-llava":
         return build_organism_llava(config.seed, config.size)
     if model_name == "organism-llava-mini":
-        # build_from_llava(organism-llava, C=1, n_fusion=2) gives the model, but this trainer's batches use
-        # LLaVA-v1.5's expanded image-token layout; LLaVA-Mini needs its own (processor_from_llava).
-        raise ProbeError(
-            "training organism-llava-mini is not supported yet: the trainer builds LLaVA-v1.5 batches and "
-            "LLaVA-Mini needs its own (llava_mini.build.processor_from_llava); train organism-llava"
-        )
+        # LLaVA-Mini (C=1, n_fusion=2) sharing the trained organism's tower, projector and LLM; the
+        # pre-fusion layers start as copies of its first two LLM layers. Batches use LLaVA-Mini's processor.
+        from llava_mini.build import build_from_llava, processor_from_llava
+
+        base, base_processor = _base_organism(config)
+        mini = build_from_llava(base, C=1, n_fusion=2, init_prefusion_from_llm=True, seed=config.seed)
+        return mini, processor_from_llava(base_processor, mini.config)
     raise ProbeError(f"unknown organism '{model_name}': use organism-llava or organism-llava-mini")
+
+
+def _base_organism(config: TrainConfig):
+    """The starting point of organism-llava-mini: the shipped organism-llava, or (micro configs, for tests)
+    a seeded untrained organism of the config's size."""
+    if config.size == OrganismSize():
+        from probe.zoo import load
+
+        loaded = load("organism-llava", dtype="float32")
+        return loaded.model, loaded.processor
+    return build_organism_llava(config.seed, config.size)
+
+
+def _save(model, processor, path: Path) -> None:
+    if _is_mini_processor(processor):
+        from llava_mini.loading import save_llava_mini
+
+        save_llava_mini(model, processor, path)
+    else:
+        model.save_pretrained(path)
+        processor.save_pretrained(path)
 
 
 def default_config(model_name: str) -> TrainConfig:
     config = TrainConfig()
     if model_name == "organism-llava-mini":  # starts from the trained organism: stage 2 only
-        config.stages = (("full", 800),)
+        config.stages = (("full", 500),)  # ~0.85 s/step on 2 cores: ~7 min
     return config
 
 
@@ -400,8 +429,7 @@ def train(
         p.requires_grad_(True)
     staging = out / ".final-staging"
     shutil.rmtree(staging, ignore_errors=True)
-    model.eval().save_pretrained(staging)
-    processor.save_pretrained(staging)
+    _save(model.eval(), processor, staging)
     meta = json.loads(settings_file.read_text())
     meta["train_seconds"] = round(state["elapsed_s"], 1)
     settings_file.write_text(json.dumps(meta, indent=2))

@@ -17,6 +17,9 @@ SHIPPED_FILES = (
     "tokenizer_config.json",
     "chat_template.jinja",
     "train.json",
+    # LLaVA-Mini organisms (llava_mini.loading.save_llava_mini): CLIP preprocessing and chat template
+    "preprocessor_config.json",
+    "llava_mini_processor.json",
 )
 
 
