@@ -86,6 +86,14 @@ def _register_defaults() -> None:
     )
     register(
         ModelSpec(
+            name="organism-llava-mini",
+            family="llava_mini",
+            path=Path(__file__).resolve().parent / "organism" / "weights" / "organism-llava-mini",
+            description="LLaVA-Mini (C=1, 2 pre-fusion layers) built on organism-llava and trained on its VQA",
+        )
+    )
+    register(
+        ModelSpec(
             name="tiny-llava-next",
             family="llava_next",
             builder=build_tiny_llava_next,
