@@ -103,6 +103,8 @@ def test_organism_mini_reads_colour_from_its_one_vision_token(organism_mini):
     assert with_image >= 0.50, (with_image, blank, uniform, majority)
     assert blank <= majority + 0.12, (with_image, blank, uniform, majority)
     assert with_image - blank >= 0.3
+
+
 def test_eval_cli(tmp_path):
     result = run_cli(
         "organism",
