@@ -52,7 +52,7 @@ def group_roles(
             p_sum > 0, p_sum.clamp_min(1e-300).log() - term / p_sum.clamp_min(1e-300), float("nan")
         )
         out_mass.append(p_sum)
-        out_entropy.append(h_sum)
+        out_entropy.append(h_sum.clamp_min(0.0))  # rounding can give -1e-17 for one-token sets; NaN stays NaN
         out_visible.append(visible[..., idx].any(-1))
     return groups, torch.stack(out_mass, -1), torch.stack(out_entropy, -1), torch.stack(out_visible, -1)
 
