@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from probe.adapters.base import Adapter, Prepared
+from probe.adapters.base import Adapter, Prepared, common_prefix_length
 from probe.adapters.llava import prompt_to_content
 from probe.errors import ProbeError
 from probe.inputs import IMAGE_SLOT, Sample
@@ -62,10 +62,7 @@ class LlavaMiniAdapter(Adapter):
         rendered = self.render(_SENTINEL)
         cut = rendered.find(_SENTINEL)
         prefix = self.processor.tokenize(rendered[:cut], []) if cut > 0 else []
-        n = 0
-        while n < min(len(prefix), len(ids)) and prefix[n] == ids[n]:
-            n += 1
-        return n
+        return common_prefix_length(prefix, ids)
 
     def encode_response(self, response: str) -> list[int]:
         return self.tokenizer(response, add_special_tokens=False).input_ids

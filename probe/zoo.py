@@ -143,6 +143,11 @@ def _register_hf_families() -> None:
     register_family("llava_next", Family(loader=_load_hf_llava, adapter=LlavaNextAdapter))
 
 
+def hub_offline() -> bool:
+    """HF_HUB_OFFLINE set: use the local cache only, never try the network."""
+    return os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
+
+
 def probe_home() -> Path:
     return Path(os.environ.get("PROBE_HOME", Path.home() / ".cache" / "probe"))
 
@@ -211,7 +216,7 @@ def _read_hub_config(hub_id: str) -> dict:
     try:
         return json.loads(Path(hf_hub_download(hub_id, "config.json", local_files_only=True)).read_text())
     except Exception:
-        if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false"):
+        if hub_offline():
             raise _missing_weights(hub_id) from None
     try:
         return json.loads(Path(hf_hub_download(hub_id, "config.json")).read_text())
@@ -261,7 +266,7 @@ def load(name_or_path: str, device: str = "auto", dtype: str = "auto") -> Loaded
     torch_device = parse_device(device)
     torch_dtype = parse_dtype(dtype, torch_device)
     family_impl = get_family(family)
-    local_only = Path(source).is_dir() or os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
+    local_only = Path(source).is_dir() or hub_offline()
     try:
         model, processor = family_impl.loader(source, family, torch_dtype, local_files_only=local_only)
     except ProbeError:

@@ -19,6 +19,14 @@ from probe.roles import StageRoles
 from probe.video import is_video_source
 
 
+def common_prefix_length(a: list[int], b: list[int]) -> int:
+    """How many leading tokens two id lists share (where a separately tokenised prefix stops matching)."""
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return n
+
+
 @dataclass
 class Prepared:
     """Model inputs for one sample, and the roles of every stage's sequence."""

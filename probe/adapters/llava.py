@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from probe.adapters.base import Adapter, Prepared
+from probe.adapters.base import Adapter, Prepared, common_prefix_length
 from probe.builtin.tokenizer import LLAVA_V15_CHAT_TEMPLATE
 from probe.errors import ProbeError
 from probe.inputs import IMAGE_SLOT, Sample
@@ -65,10 +65,7 @@ class LlavaAdapter(Adapter):
         if cut < 0:
             return 0
         prefix_ids = self.tokenizer(rendered[:cut].rstrip(), add_special_tokens=True).input_ids
-        n = 0
-        while n < min(len(prefix_ids), len(input_ids)) and prefix_ids[n] == input_ids[n]:
-            n += 1
-        return n
+        return common_prefix_length(prefix_ids, input_ids)
 
     def tokens_per_image(self, images, n_positions: int) -> list[int]:
         sizes = [(img.height, img.width) for img in images]
