@@ -1,10 +1,12 @@
 """Cost of each statistics backend against the un-instrumented SDPA forward of the same model and inputs.
 
-    python benchmarks/attention_overhead.py            # lengths ~600, ~2000, ~8000
-    python benchmarks/attention_overhead.py --quick    # ~600 and ~2000, one timed repeat
+    python benchmarks/attention_overhead.py                   # lengths ~600, ~2000, ~8000
+    python benchmarks/attention_overhead.py --quick           # ~600 and ~2000, one timed repeat
+    python benchmarks/attention_overhead.py --shape narrow    # the worst case: a 1024-wide model
 
 One model (a seeded random LLaVA: small CLIP tower at 336 px / patch 14 = 576 tokens per image, and a
-Llama language model; a 7B-shaped bf16 one on CUDA), one set of inputs per length (images + long text),
+Llama language model with LLaVA-v1.5-7B's layer shape: 2 of its layers in fp32 on CPU, all 32 in bf16 on
+CUDA), one set of inputs per length (images + long text),
 and for every method (baseline SDPA forward, native streaming, eager output_attentions, nnsight,
 transformer-lens) a fresh subprocess that builds the same model, runs the method once cold (peak memory)
 and then `--repeats` times warm (time: the minimum). Peak memory:
@@ -35,7 +37,28 @@ N_IMAGES = {600: 1, 2000: 3, 8000: 12}
 IMAGE_TOKENS = 576
 
 
-def model_config(device: str):
+# Language-model shapes. What decides the overhead is the share of attention in a layer's time (it grows
+# with tokens / width), not the depth: every layer pays its own statistics. So `7b-layers` keeps
+# LLaVA-v1.5-7B's Vicuna layers exactly (width 4096, 32 heads of 128, MLP 11008) with fewer of them
+# (all 32 on CUDA), and a small vocabulary so the LM head does not pad the baseline (in the real 7B
+# model it is ~2 % of the forward). `narrow` is the worst case for the ratio: width 1024 (8 heads of
+# 128, grouped-query 8 -> 4), where attention dominates the forward at thousands of tokens.
+SHAPES = {
+    "7b-layers": dict(
+        hidden_size=4096, intermediate_size=11008, num_attention_heads=32, num_key_value_heads=32
+    ),
+    "narrow": dict(hidden_size=1024, intermediate_size=2816, num_attention_heads=8, num_key_value_heads=4),
+}
+DEFAULT_LAYERS = {
+    ("cuda", "7b-layers"): 32,
+    ("cpu", "7b-layers"): 2,
+    ("cuda", "narrow"): 8,
+    ("cpu", "narrow"): 8,
+}
+VOCAB, IMAGE_TOKEN = 1024, 1000
+
+
+def model_config(device: str, shape: str = "7b-layers", layers: int | None = None):
     from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
 
     vision = CLIPVisionConfig(
@@ -46,32 +69,24 @@ def model_config(device: str):
         image_size=336,
         patch_size=14,
     )
-    if device == "cuda":  # 7B-shaped (LLaVA-v1.5-7B's Vicuna), bf16
-        text = LlamaConfig(
-            vocab_size=32064,
-            hidden_size=4096,
-            intermediate_size=11008,
-            num_hidden_layers=32,
-            num_attention_heads=32,
-            num_key_value_heads=32,
-            max_position_embeddings=16384,
-        )
-    else:  # ~160M parameters, grouped-query attention, head_dim 128 like the 7B models
-        text = LlamaConfig(
-            vocab_size=32064,
-            hidden_size=1024,
-            intermediate_size=2816,
-            num_hidden_layers=8,
-            num_attention_heads=8,
-            num_key_value_heads=4,
-            max_position_embeddings=16384,
-        )
+    text = LlamaConfig(
+        vocab_size=VOCAB,
+        num_hidden_layers=layers or DEFAULT_LAYERS[(device, shape)],
+        max_position_embeddings=16384,
+        **SHAPES[shape],
+    )
     return LlavaConfig(
-        vision_config=vision, text_config=text, image_token_index=32000, vision_feature_layer=-2
+        vision_config=vision, text_config=text, image_token_index=IMAGE_TOKEN, vision_feature_layer=-2
     )
 
 
-def build(length: int, device: str, local_dir: str | None = None):
+def build(
+    length: int,
+    device: str,
+    local_dir: str | None = None,
+    shape: str = "7b-layers",
+    layers: int | None = None,
+):
     """(adapter, prepared) for a sequence of about `length` tokens (model loaded back from `local_dir`
     after save_pretrained there, when given)."""
     import torch
@@ -81,7 +96,7 @@ def build(length: int, device: str, local_dir: str | None = None):
     from probe.adapters.llava import LlavaAdapter
     from probe.roles import ImageGrid, StageRoles, spans_to_role_ids
 
-    config = model_config(device)
+    config = model_config(device, shape, layers)
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     torch.manual_seed(0)
     config.text_config._attn_implementation = "sdpa"
@@ -95,7 +110,7 @@ def build(length: int, device: str, local_dir: str | None = None):
     chunk = (n_text - system - response) // n_images
     g = torch.Generator().manual_seed(1)
     ids, spans, grids = (
-        list(torch.randint(3, 31000, (system,), generator=g).tolist()),
+        list(torch.randint(3, IMAGE_TOKEN - 8, (system,), generator=g).tolist()),
         [("system", 0, system)],
         [],
     )
@@ -105,10 +120,10 @@ def build(length: int, device: str, local_dir: str | None = None):
         spans.append((f"image:{k}", start, len(ids)))
         grids.append(ImageGrid(k, torch.arange(start, len(ids)).view(24, 24)))
         start = len(ids)
-        ids += torch.randint(3, 31000, (chunk,), generator=g).tolist()
+        ids += torch.randint(3, IMAGE_TOKEN - 8, (chunk,), generator=g).tolist()
         spans.append(("instruction", start, len(ids)))
     start = len(ids)
-    ids += torch.randint(3, 31000, (response,), generator=g).tolist()
+    ids += torch.randint(3, IMAGE_TOKEN - 8, (response,), generator=g).tolist()
     spans.append(("response", start, len(ids)))
     labels = ["system"] + [f"image:{k}" for k in range(n_images)] + ["instruction", "response"]
     roles = StageRoles(labels, spans_to_role_ids(len(ids), spans, labels).unsqueeze(0), grids)
@@ -146,9 +161,13 @@ def _rss_kb(field: str) -> int:
     return 0
 
 
-def worker(method: str, length: int, device: str, repeats: int, out: str) -> None:
+def worker(
+    method: str, length: int, device: str, repeats: int, out: str, shape: str, layers: int | None
+) -> None:
     with tempfile.TemporaryDirectory() as local_dir:
-        adapter, prepared = build(length, device, local_dir if method == "transformer-lens" else None)
+        adapter, prepared = build(
+            length, device, local_dir if method == "transformer-lens" else None, shape, layers
+        )
         _measure(adapter, prepared, method, device, repeats, out)
 
 
@@ -230,6 +249,12 @@ def main() -> None:
     parser.add_argument("--methods", nargs="*", default=METHODS)
     parser.add_argument("--repeats", type=int, help="timed warm repeats per method (min is reported)")
     parser.add_argument("--device", default="auto")
+    parser.add_argument(
+        "--shape", choices=sorted(SHAPES), default="7b-layers", help="language-model layer shape (see SHAPES)"
+    )
+    parser.add_argument(
+        "--layers", type=int, help="language-model depth (default: 32 on CUDA, 2 on CPU for 7b-layers)"
+    )
     parser.add_argument("--max-eager-tokens", type=int, help="skip eager/nnsight/transformer-lens above this")
     parser.add_argument(
         "--worker", nargs=4, metavar=("METHOD", "LENGTH", "REPEATS", "OUT"), help=argparse.SUPPRESS
@@ -240,13 +265,18 @@ def main() -> None:
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     if args.worker:
         method, length, repeats, out = args.worker
-        worker(method, int(length), device, int(repeats), out)
+        worker(method, int(length), device, int(repeats), out, args.shape, args.layers)
         return
     lengths = args.lengths or ([600, 2000] if args.quick else [600, 2000, 8000])
     repeats = args.repeats or (1 if args.quick else 2)
     # eager-style backends hold heads x N^2 fp32 several times per layer; 23 GB shared CPU box: <= 4096
     max_eager = args.max_eager_tokens or (16384 if device == "cuda" else 4096)
-    print(f"device={device} torch={torch.__version__} threads={torch.get_num_threads()} repeats={repeats}")
+    config = model_config(device, args.shape, args.layers).text_config
+    print(
+        f"device={device} torch={torch.__version__} threads={torch.get_num_threads()} repeats={repeats} "
+        f"shape={args.shape}: {config.num_hidden_layers} layers x width {config.hidden_size}, "
+        f"{config.num_attention_heads} heads ({config.num_key_value_heads} KV), MLP {config.intermediate_size}"
+    )
     header = f"| {'tokens':>6} | {'method':<16} | {'time s':>7} | {'time x':>6} | {'peak extra MB':>13} | {'mem x':>6} | {'process peak MB':>15} | {'peak x':>6} | {'max err vs eager':>16} |"
     print(header)
     print("|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|")
@@ -266,6 +296,9 @@ def main() -> None:
                     __file__,
                     "--device",
                     device,
+                    "--shape",
+                    args.shape,
+                    *(["--layers", str(args.layers)] if args.layers else []),
                     "--worker",
                     method,
                     str(length),

@@ -248,3 +248,30 @@ def test_llava_mini_organism_trains_from_the_organism(tmp_path):
     loaded = load(str(final), dtype="float32")
     assert isinstance(loaded.model, LlavaMiniForConditionalGeneration)
     assert loaded.model.config.compressor_size == 1
+
+
+def test_vision_warmup_targets_and_object_means_match_the_pixels():
+    """Each patch's object index points at the object whose colour it has; pooled features equal a loop."""
+    import torch
+
+    from probe.organism.train import object_means, patch_targets
+
+    scenes = D.make_split(0, "train", 3)
+    targets = torch.stack([patch_targets(s.objects, 24) for s in scenes])
+    for scene, t in zip(scenes, targets, strict=True):
+        on = t[:, 5] > 0
+        assert on.any()
+        owners = [scene.objects[int(i) - 1] for i in t[on, 5]]
+        assert [list(D.COLOURS).index(o.colour) + 1 for o in owners] == t[on, 0].tolist()
+        assert [D.SHAPES.index(o.shape) + 1 for o in owners] == t[on, 1].tolist()
+    hidden = torch.randn(3, 24 * 24, 5, generator=torch.Generator().manual_seed(0))
+    pooled, labels = object_means(hidden, targets)
+    expected, expected_labels = [], []
+    for b in range(3):
+        for k in range(1, int(targets[b, :, 5].max()) + 1):
+            member = targets[b, :, 5] == k
+            if member.any():
+                expected.append(hidden[b, member].mean(0))
+                expected_labels.append(targets[b, member][0])
+    torch.testing.assert_close(pooled, torch.stack(expected))
+    assert torch.equal(labels, torch.stack(expected_labels))

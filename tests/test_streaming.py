@@ -138,7 +138,9 @@ def test_native_grid_rows_equal_eager_probabilities(tiny_llava, two_images):
     roles = prepared.roles["llm"]
     n = roles.role_ids.shape[1]
     queries = [-1, n - 5, int(roles.grids[1].positions[-1, -1]) + 2]
-    got = get_engine("native")(adapter, prepared, grid_queries=queries, block_bytes=2**20)  # ~20 query blocks
+    got = get_engine("native")(
+        adapter, prepared, grid_queries=queries, block_bytes=2**16
+    )  # many query blocks
     with torch.no_grad(), adapter.attention_implementation("eager"):
         attentions = adapter.forward(dict(prepared.inputs), output_attentions=True).attentions
     targets = sorted(q % n for q in queries)

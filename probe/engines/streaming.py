@@ -5,9 +5,11 @@ implementation only (the vision tower keeps its own). It calls the model's own a
 (`sdpa`, or the flash implementation the model was using) for the output, unchanged, and on the side
 computes `LayerStats` rows from the post-RoPE query and key it receives:
 
-* queries are processed in blocks; for each block the per-head probabilities of that block only
-  (q-block x keys) are formed in fp32, averaged over heads (the paper's a_ij), reduced to per-role mass
-  and sum_j a_ij log a_ij, then discarded. Extra memory is one block plus O(heads x N x roles).
+* queries are processed in blocks, and within a block one KV group (the query heads that share a key
+  head) at a time: that group's probabilities (heads x q-block x keys) are formed in fp32 in one small
+  buffer that stays in cache, added into the block's head sum, and the head average (the paper's a_ij)
+  is reduced to per-role mass and sum_j a_ij log a_ij. Extra memory is one group's block plus the
+  block's head average plus O(heads x N x roles), never N x N.
   The head-averaged entropy cannot be obtained from per-head quantities (entropy is not linear), so the
   per-head probabilities of a block are needed anyway; given them, per-head mass / entropy come for
   free and are cheaper than separate SDPA calls with V = one-hot(role) or V = K (the identities of
@@ -44,7 +46,9 @@ from probe.intermediate import LayerStats, concat_sequences
 from probe.roles import StageRoles
 
 NATIVE = "probe_native"
-DEFAULT_BLOCK_BYTES = 32 * 2**20  # fp32 scores of one query block (all heads); peak extra is ~2-3x this
+DEFAULT_BLOCK_BYTES = (
+    4 * 2**20
+)  # fp32 scores of one query block for one KV group: small enough to stay in cache
 
 
 @dataclass
@@ -208,7 +212,12 @@ def _block_mask(mask, q_pos: torch.Tensor, q0: int, q1: int, n_keys: int, causal
 def collect(
     context: StreamingContext, module, query, key, attention_mask, scaling=None, is_causal=None
 ) -> None:
-    """Append the statistics of this call's query rows to `context.chunks[module.layer_idx]`."""
+    """Append the statistics of this call's query rows to `context.chunks[module.layer_idx]`.
+
+    Queries go in blocks; within a block, one KV group (the query heads sharing one key head) at a time:
+    its scores are formed, masked and soft-maxed in one small buffer that stays in cache, and added into
+    the block's head sum. Only the head-averaged block ([B, block, keys]) outlives a group.
+    """
     bsz, n_heads, n_q, dim = query.shape
     n_kv, n_keys = key.shape[1], key.shape[2]
     groups = n_heads // n_kv
@@ -223,74 +232,74 @@ def collect(
     grid_targets = context.grid_targets(context.roles.role_ids.shape[1]) if context.grids_wanted else []
 
     keys_per_block = max(1, min(n_keys, offset + n_q))
-    block = max(1, int(context.block_bytes // (4 * bsz * n_heads * keys_per_block)))
+    block = max(1, int(context.block_bytes // (4 * bsz * groups * keys_per_block)))
     parts = {"mass": [], "entropy": [], "visible": [], "head_mass": [], "head_entropy": [], "grid": {}}
     plain_causal = causal and attention_mask is None  # the common case: no mask tensor, only causality
     if plain_causal:  # visibility straight from the roles: query i sees role r iff some key j <= i has it
         seen_all = onehot.cumsum(1)[:, offset:] > 0
-    # One scores buffer for all blocks (the largest block's size): the matmul writes into it and the softmax
-    # runs in place, so no block allocates (and page-faults) fresh O(block) memory twice.
-    buf = torch.empty(bsz * n_heads * min(block, n_q) * keys_per_block, device=query.device)
-    head_weights = torch.full((1, n_heads), 1.0 / n_heads, device=query.device)
+    # Two buffers for all blocks (sized for the largest): one KV group's scores, and the head sum.
+    rows = min(block, n_q)
+    scores_buf = torch.empty(bsz * groups * rows * keys_per_block, device=query.device)
+    both_buf = torch.empty(bsz * 2 * rows * keys_per_block, device=query.device)
     for q0 in range(0, n_q, block):
         q1 = min(n_q, q0 + block)
         nb = q1 - q0
         pos = q_positions[q0:q1]
         qb = (query[:, :, q0:q1].float() * scale).reshape(bsz, n_kv, groups * nb, dim)  # scale folded into q
         if plain_causal:
-            k = min(n_keys, offset + q1)
-            scores = _scores_into(buf, qb, k32[:, :, :k], bsz, n_heads, nb, k)
-            # only the last nb key columns hold the causal triangle; everything before is visible to all.
-            # On CPU one strided fill per query row is ~10x cheaper than a broadcast bool masked_fill_;
-            # elsewhere (one kernel launch per row) the masked_fill_ is kept.
-            tail = k - nb
-            if query.device.type == "cpu":
-                for i in range(nb):  # query i sits at position offset + q0 + i and sees keys <= it
-                    scores[:, :, i, max(tail, offset + q0 + i + 1) :].fill_(-math.inf)
-            else:
-                tri = torch.arange(tail, k, device=query.device)[None, :] > pos[:, None]
-                scores[..., tail:].masked_fill_(tri, -math.inf)
-            probs = torch.softmax(scores, dim=-1, out=scores)
-            seen = seen_all[:, q0:q1]
+            k = offset + q1  # keys past the block's last query are invisible to all of it
+            # only the last nb key columns hold the causal triangle; everything before is visible to all
+            triangle = torch.full((nb, nb), -math.inf, device=query.device).triu_(1)
+            allowed, bias, seen = None, None, seen_all[:, q0:q1]
         else:
             allowed, bias, k = _block_mask(attention_mask, pos, q0, q1, n_keys, causal)
-            scores = _scores_into(buf, qb, k32[:, :, :k], bsz, n_heads, nb, k)
-            if bias is not None:
-                scores.add_(bias)
-            scores.masked_fill_(~allowed, -math.inf)
-            probs = torch.softmax(scores, dim=-1, out=scores)
             rows_seen = allowed.any(1).expand(bsz, nb, k)
-            if not bool(rows_seen.any(-1).all()):  # fully masked rows (padding queries): zeros, not NaN
-                probs.nan_to_num_(0.0)
+            fully_masked_rows = not bool(rows_seen.any(-1).all())  # padding queries: zeros, not NaN
             seen = torch.matmul(rows_seen.float(), onehot[:, :k]) > 0
-        del scores
         oh = onehot[:, :k]  # [B, K, R]
-        # [mean | mean log mean] side by side, reduced to roles by one matmul. The head average is a
-        # matrix-vector product over the contiguous heads (much cheaper than a strided sum over dim 1).
-        both = torch.empty(bsz, 2, nb, k, device=query.device)
-        for b in range(bsz):
-            torch.matmul(head_weights, probs[b].reshape(n_heads, nb * k), out=both[b, 0].view(1, nb * k))
-        mean = both[:, 0]  # [B, Qb, K]: the paper's head-averaged a_ij
+        both = both_buf[: bsz * 2 * nb * k].view(bsz, 2, nb, k)  # [head sum -> mean | mean log mean]
+        head_sum = both[:, 0]
+        head_sum.zero_()
+        h_mass, h_plogp = [], []
+        for g in range(n_kv):
+            heads = slice(g * groups, (g + 1) * groups)
+            scores = scores_buf[: bsz * groups * nb * k].view(bsz, groups * nb, k)
+            torch.matmul(qb[:, g], k32[:, g, :k].transpose(-1, -2), out=scores)
+            scores = scores.view(bsz, groups, nb, k)
+            if plain_causal:
+                scores[..., k - nb :].add_(triangle)
+            else:
+                if bias is not None:
+                    scores.add_(bias[:, heads] if bias.shape[1] > 1 else bias)
+                scores.masked_fill_(~(allowed[:, heads] if allowed.shape[1] > 1 else allowed), -math.inf)
+            probs = torch.softmax(scores, dim=-1, out=scores)
+            if not plain_causal and fully_masked_rows:
+                probs.nan_to_num_(0.0)
+            head_sum.add_(probs[:, 0] if groups == 1 else probs.sum(1))
+            if context.per_head:
+                h_mass.append(torch.matmul(probs, oh.unsqueeze(1)))
+                h_plogp.append(torch.matmul(torch.special.xlogy(probs, probs), oh.unsqueeze(1)))
+        mean = head_sum.mul_(1.0 / n_heads)  # [B, Qb, K]: the paper's head-averaged a_ij
         torch.special.xlogy(mean, mean, out=both[:, 1])
-        reduced = torch.matmul(both.view(bsz, 2 * nb, k), oh)
+        reduced = torch.matmul(both.view(bsz, 2 * nb, k), oh)  # [mass | sum p log p] per role, one matmul
         mass, plogp = reduced[:, :nb], reduced[:, nb:]
         parts["mass"].append(mass)
         parts["entropy"].append(_entropy(mass, plogp))
         parts["visible"].append(seen & (q_roles[:, q0:q1] >= 0).unsqueeze(-1))
         if context.per_head:
-            h_mass = torch.matmul(probs, oh.unsqueeze(1))
-            h_plogp = torch.matmul(torch.special.xlogy(probs, probs), oh.unsqueeze(1))
-            parts["head_mass"].append(h_mass)
-            parts["head_entropy"].append(_entropy(h_mass, h_plogp))
+            h_mass_t, h_plogp_t = torch.cat(h_mass, 1), torch.cat(h_plogp, 1)
+            parts["head_mass"].append(h_mass_t)
+            parts["head_entropy"].append(_entropy(h_mass_t, h_plogp_t))
         for g in context.roles.grids:
             sel = [p - offset - q0 for p in grid_targets if offset + q0 <= p < offset + q1]
             if not sel:
                 continue
             flat = g.positions.flatten().to(query.device)
             padded = torch.nn.functional.pad(mean[:, sel], (0, max(0, int(flat.max()) + 1 - k)))
-            rows = padded[:, :, flat.clamp(min=0)] * (flat >= 0)
-            parts["grid"].setdefault(g.image_index, []).append(rows.view(bsz, len(sel), *g.positions.shape))
-        del probs, mean, both
+            grid_rows = padded[:, :, flat.clamp(min=0)] * (flat >= 0)
+            parts["grid"].setdefault(g.image_index, []).append(
+                grid_rows.view(bsz, len(sel), *g.positions.shape)
+            )
     chunk = {
         "mass": torch.cat(parts["mass"], 1),
         "entropy": torch.cat(parts["entropy"], 1),
@@ -305,15 +314,6 @@ def collect(
                 g.image_index, torch.zeros(bsz, 0, *g.positions.shape, device=query.device)
             )
     context.chunks.setdefault(int(module.layer_idx), []).append(chunk)
-
-
-def _scores_into(
-    buf: torch.Tensor, qb: torch.Tensor, keys: torch.Tensor, bsz, n_heads, nb, k
-) -> torch.Tensor:
-    """Q K^T of one block ([B, H, nb, k], scale already in qb), written into the front of `buf`."""
-    out = buf[: bsz * n_heads * nb * k].view(bsz, keys.shape[1], n_heads // keys.shape[1] * nb, k)
-    torch.matmul(qb, keys.transpose(-1, -2), out=out)
-    return out.view(bsz, n_heads, nb, k)
 
 
 def _entropy(mass: torch.Tensor, plogp: torch.Tensor) -> torch.Tensor:
