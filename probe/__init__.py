@@ -42,7 +42,7 @@ def attention(
         images = [image] if isinstance(image, str) else list(image or [])
         samples = [make_sample(prompt or "", images, response=response)]
     options = AttentionOptions(backend=backend, per_head=per_head, generate=generate)
-    return pd.concat([probe_sample(model, s, options)[0] for s in samples], ignore_index=True)
+    return pd.concat([probe_sample(model, s, options).table for s in samples], ignore_index=True)
 
 
 _attention_api = attention

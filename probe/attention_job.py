@@ -6,6 +6,9 @@ A run directory holds:
     samples.csv                prompt, response and token counts per sample
     manifest.json              model, config, versions, seed, options
     mass.png, entropy.png      paper Figs. 2 and 3
+    grid.parquet / .csv        with --grid-queries: attention of the chosen query tokens onto each image's
+    grid.png                   patch grid, one row per sample x stage x layer x image x query x row x col,
+                               and its heat maps (paper Fig. 4) for the first sample
 Finished samples are kept in `.parts/` until the run completes, so an interrupted run resumes where
 it stopped without redoing or duplicating work.
 """
@@ -22,8 +25,18 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from probe.engines import get_engine
+from probe.engines import check_grid_support, get_engine
 from probe.errors import ProbeError
+from probe.grid import (
+    GRID_STAGE,
+    Selector,
+    check_has_grid,
+    format_grid_queries,
+    grid_table,
+    parse_grid_queries,
+    resolve_grid_queries,
+    to_grid_table,
+)
 from probe.inputs import Sample
 from probe.results import atomic_write, read_table, versions, write_json, write_table
 from probe.stats import average_over_samples, layer_rows, to_table
@@ -39,11 +52,48 @@ class AttentionOptions:
     generate: int | None = None
     seed: int = 0
     groupings: tuple[str, ...] = ("paper", "fine")
+    # attention onto the image grid (paper Fig. 4): query selectors (positions / role names, see probe.grid);
+    # a spec string such as "-1,response" is parsed
+    grid_queries: tuple[Selector, ...] | None = None
     extra: dict = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        if isinstance(self.grid_queries, str):
+            self.grid_queries = parse_grid_queries(self.grid_queries)
+        elif self.grid_queries is not None:
+            self.grid_queries = tuple(self.grid_queries)
 
-def probe_sample(loaded: LoadedModel, sample: Sample, options: AttentionOptions) -> tuple[pd.DataFrame, dict]:
-    """Statistics of one sample -> (tidy rows, sample info)."""
+
+@dataclass
+class SampleResult:
+    """What one sample gives: the tidy attention rows, its info, and (with grid queries) its grid rows.
+
+    Unpacks as `table, info = probe_sample(...)`."""
+
+    table: pd.DataFrame
+    info: dict
+    grid: pd.DataFrame | None = None
+
+    def __iter__(self):
+        return iter((self.table, self.info))
+
+
+def check_grid_options(options: AttentionOptions, samples: list[Sample]) -> None:
+    """Grid-query checks that need no model run (backend support, a response for `response`)."""
+    if not options.grid_queries:
+        return
+    check_grid_support(options.backend)
+    if "response" in options.grid_queries and not options.generate:
+        for sample in samples:
+            if not sample.response:
+                raise ProbeError(
+                    f"--grid-queries 'response': sample '{sample.sample_id}' has no response; give --response, "
+                    "--generate N or a 'response' in each dataset line"
+                )
+
+
+def probe_sample(loaded: LoadedModel, sample: Sample, options: AttentionOptions) -> SampleResult:
+    """Statistics of one sample -> (tidy rows, sample info[, grid rows])."""
     adapter = loaded.adapter
     engine = get_engine(options.backend)
     response_ids = None
@@ -51,12 +101,30 @@ def probe_sample(loaded: LoadedModel, sample: Sample, options: AttentionOptions)
         torch.manual_seed(options.seed)
         response_ids = adapter.generate(sample, options.generate)
     prepared = adapter.prepare(sample, response_ids=response_ids)
+    positions: list[int] | None = None
+    kwargs = {}
+    if options.grid_queries:
+        check_grid_support(options.backend)
+        grid_roles = prepared.roles[GRID_STAGE]
+        check_has_grid(grid_roles, loaded.name, sample.sample_id)
+        positions = resolve_grid_queries(options.grid_queries, grid_roles, sample.sample_id)
+        if positions:  # `response` after an empty generation picks nothing: no grid rows for this sample
+            kwargs["grid_queries"] = positions
     rows: list[dict] = []
-    for stats in engine(adapter, prepared, per_head=options.per_head):
+    grid_stats = []
+    for stats in engine(adapter, prepared, per_head=options.per_head, **kwargs):
         rows.extend(layer_rows(stats, prepared.roles[stats.stage], [sample.sample_id], options.groupings))
+        if stats.stage == GRID_STAGE and stats.grid_rows:
+            grid_stats.append(stats)
     table = to_table(rows)
     table.insert(0, "model", loaded.name)
     tokenizer = getattr(loaded.processor, "tokenizer", None)
+    grid = None
+    if positions is not None:
+        ids = prepared.inputs["input_ids"][0]
+        tokens = [tokenizer.decode([int(ids[p])]) if tokenizer is not None else "" for p in positions]
+        grid = grid_table(grid_stats, prepared.roles[GRID_STAGE], positions, [sample.sample_id], tokens)
+        grid.insert(0, "model", loaded.name)
     response_text = sample.response
     if prepared.response_ids and tokenizer is not None:
         response_text = tokenizer.decode(prepared.response_ids, skip_special_tokens=True)
@@ -70,7 +138,9 @@ def probe_sample(loaded: LoadedModel, sample: Sample, options: AttentionOptions)
         "n_prompt_tokens": prepared.prompt_length,
         "n_response_tokens": len(prepared.response_ids),
     }
-    return table, info
+    if positions is not None:
+        info["grid_queries"] = " ".join(str(p) for p in positions)
+    return SampleResult(table, info, grid)
 
 
 def manifest_for(loaded: LoadedModel, options: AttentionOptions, samples: list[Sample]) -> dict:
@@ -92,6 +162,7 @@ def manifest_for(loaded: LoadedModel, options: AttentionOptions, samples: list[S
             "generate": options.generate,
             "seed": options.seed,
             "groupings": list(options.groupings),
+            "grid_queries": format_grid_queries(options.grid_queries) if options.grid_queries else None,
             **options.extra,
         },
         "n_samples": len(samples),
@@ -100,7 +171,19 @@ def manifest_for(loaded: LoadedModel, options: AttentionOptions, samples: list[S
         ),
         "entropy_unit": "nats",
         "layer_index": "0-based",
+        **({"grid": grid_manifest(options)} if options.grid_queries else {}),
         "versions": versions(),
+    }
+
+
+def grid_manifest(options: AttentionOptions) -> dict:
+    return {
+        "queries": format_grid_queries(options.grid_queries),
+        "stage": GRID_STAGE,
+        "table": "grid.parquet",
+        "weight": "head-averaged attention probability from the query token to the image token at (row, col), "
+        "a row of the full attention matrix (not renormalised over the grid)",
+        "query": "0-based position in the LLM sequence (negative selectors resolved per sample)",
     }
 
 
@@ -130,7 +213,16 @@ def prepare_run_dir(out_dir: Path, manifest: dict, overwrite: bool) -> Path:
         if not same_run or overwrite:
             shutil.rmtree(parts)
     if overwrite and out_dir.exists():
-        for name in ("manifest.json", "attention.parquet", "attention.csv", "summary.parquet", "summary.csv"):
+        for name in (
+            "manifest.json",
+            "attention.parquet",
+            "attention.csv",
+            "summary.parquet",
+            "summary.csv",
+            "grid.parquet",
+            "grid.csv",
+            "grid.png",
+        ):
             (out_dir / name).unlink(missing_ok=True)
     parts.mkdir(parents=True, exist_ok=True)
     atomic_write(key_file, lambda p: p.write_text(key + "\n"))
@@ -145,30 +237,60 @@ def run_attention(
     overwrite: bool = False,
     progress: bool = True,
 ) -> pd.DataFrame:
-    """Probe every sample (resuming finished ones), then write the table, summary, manifest and figures."""
+    """Probe every sample (resuming finished ones), then write the table, summary, manifest and figures.
+
+    Per sample, `.parts/` gets its info (.json), its grid rows (.grid.parquet, with grid queries) and last its
+    attention rows (.parquet), whose presence marks the sample done. A ProbeError before any sample is done
+    leaves no trace of the run (no new directory).
+    """
     for sample in samples:
         loaded.adapter.validate(sample)
+    check_grid_options(options, samples)
+    out_dir = Path(out_dir)
+    fresh = not out_dir.exists()
     manifest = manifest_for(loaded, options, samples)
-    parts = prepare_run_dir(Path(out_dir), manifest, overwrite)
+    parts = prepare_run_dir(out_dir, manifest, overwrite)
     todo = [(k, s) for k, s in enumerate(samples) if not (parts / f"{k:07d}.parquet").exists()]
     if len(todo) < len(samples):
         print(f"resuming: {len(samples) - len(todo)} of {len(samples)} samples already done")
-    for k, sample in tqdm(todo, desc="samples", unit="sample", disable=not progress or len(samples) < 2):
-        table, info = probe_sample(loaded, sample, options)
-        atomic_write(
-            parts / f"{k:07d}.json", lambda p, info=info: p.write_text(json.dumps(info, default=str))
-        )
-        atomic_write(parts / f"{k:07d}.parquet", lambda p, table=table: table.to_parquet(p, index=False))
+    try:
+        for k, sample in tqdm(todo, desc="samples", unit="sample", disable=not progress or len(samples) < 2):
+            result = probe_sample(loaded, sample, options)
+            atomic_write(
+                parts / f"{k:07d}.json",
+                lambda p, info=result.info: p.write_text(json.dumps(info, default=str)),
+            )
+            if result.grid is not None:
+                atomic_write(
+                    parts / f"{k:07d}.grid.parquet",
+                    lambda p, grid=result.grid: grid.to_parquet(p, index=False),
+                )
+            atomic_write(
+                parts / f"{k:07d}.parquet", lambda p, table=result.table: table.to_parquet(p, index=False)
+            )
+    except ProbeError:
+        if not any((parts / f"{k:07d}.parquet").exists() for k in range(len(samples))):
+            shutil.rmtree(out_dir if fresh else parts, ignore_errors=True)  # nothing done: leave nothing
+        raise
     table = pd.concat(
         [pd.read_parquet(parts / f"{k:07d}.parquet") for k in range(len(samples))], ignore_index=True
     )
     infos = [json.loads((parts / f"{k:07d}.json").read_text()) for k in range(len(samples))]
-    finish_run(Path(out_dir), table, pd.DataFrame(infos), manifest)
+    grid = None
+    if options.grid_queries:
+        grid = to_grid_table([pd.read_parquet(parts / f"{k:07d}.grid.parquet") for k in range(len(samples))])
+    finish_run(out_dir, table, pd.DataFrame(infos), manifest, grid=grid)
     shutil.rmtree(parts)
     return table
 
 
-def finish_run(out_dir: Path, table: pd.DataFrame, samples: pd.DataFrame, manifest: dict) -> None:
+def finish_run(
+    out_dir: Path,
+    table: pd.DataFrame,
+    samples: pd.DataFrame,
+    manifest: dict,
+    grid: pd.DataFrame | None = None,
+) -> None:
     """Write tables and figures; the manifest goes last, so its presence marks a finished run."""
     from analyses.attention_profile import plot_entropy, plot_mass
 
@@ -186,6 +308,17 @@ def finish_run(out_dir: Path, table: pd.DataFrame, samples: pd.DataFrame, manife
             path = out_dir / f"{name}{suffix}.png"
             atomic_write(path, lambda p, fig=fig: fig.savefig(p, dpi=120, format="png"))
             plt.close(fig)
+    if grid is not None:
+        write_table(grid, out_dir, "grid")
+        if len(grid):
+            from analyses.attention_maps import plot_grid_attention, sample_pictures
+
+            sample = grid["sample"].iloc[0]
+            fig = plot_grid_attention(
+                grid, sample=sample, pictures=sample_pictures(samples, sample), title_prefix=title
+            )
+            atomic_write(out_dir / "grid.png", lambda p: fig.savefig(p, dpi=120, format="png"))
+            plt.close(fig)
     write_json(out_dir / "manifest.json", manifest)
 
 
@@ -195,3 +328,11 @@ def load_run(out_dir: Path) -> tuple[pd.DataFrame, dict]:
     if not (out_dir / "manifest.json").is_file():
         raise ProbeError(f"{out_dir} is not a finished probe run (no manifest.json)")
     return read_table(out_dir, "attention"), json.loads((out_dir / "manifest.json").read_text())
+
+
+def load_grid(out_dir: Path) -> pd.DataFrame:
+    """The grid table of a finished run made with --grid-queries."""
+    out_dir = Path(out_dir)
+    if not (out_dir / "grid.parquet").is_file():
+        raise ProbeError(f"{out_dir} has no grid.parquet: rerun `probe attention` with --grid-queries")
+    return read_table(out_dir, "grid")

@@ -56,6 +56,14 @@ def _default_out(model: str) -> Path:
     "--per-head", is_flag=True, help="Also write per-head rows (not the paper's quantity for entropy)."
 )
 @click.option(
+    "--grid-queries",
+    "grid_spec",
+    metavar="SPEC",
+    help="Also write the attention of these query tokens onto each image's patch grid (grid.parquet, grid.png; "
+    "paper Fig. 4): comma list of token positions (negative = from the end, -1 = last) and/or roles "
+    "'instruction', 'response'. Backends native and eager.",
+)
+@click.option(
     "--out", type=click.Path(path_type=Path), help="Run directory [default: runs/<model>-attention]."
 )
 @click.option("--overwrite", is_flag=True, help="Replace a finished or different run in --out.")
@@ -77,6 +85,7 @@ def attention_command(
     limit,
     backend,
     per_head,
+    grid_spec,
     out,
     overwrite,
     device,
@@ -84,13 +93,15 @@ def attention_command(
     seed,
 ) -> None:
     """Per-layer attention mass and entropy on vision / instruction / response tokens (paper Figs. 2-3)."""
-    from probe.attention_job import AttentionOptions, run_attention
+    from probe.attention_job import AttentionOptions, check_grid_options, run_attention
     from probe.engines import get_engine
+    from probe.grid import parse_grid_queries
     from probe.inputs import make_sample, read_dataset
     from probe.zoo import load
 
     if response and generate:
         raise ProbeError("use either --response or --generate, not both")
+    grid_queries = parse_grid_queries(grid_spec) if grid_spec is not None else None
     if dataset is not None:
         if images or prompt:
             raise ProbeError("use either --dataset or --image/--prompt, not both")
@@ -100,14 +111,19 @@ def attention_command(
             raise ProbeError("give --image and --prompt (or --dataset)")
         samples = [make_sample(prompt, list(images), response=response)]
     get_engine(backend)
+    options = AttentionOptions(
+        backend=backend, per_head=per_head, generate=generate, seed=seed, grid_queries=grid_queries
+    )
+    check_grid_options(options, samples)  # before the model loads
     loaded = load(model_name, device=device, dtype=dtype)
     out = out or _default_out(model_name)
-    options = AttentionOptions(backend=backend, per_head=per_head, generate=generate, seed=seed)
     table = run_attention(loaded, samples, out, options, overwrite=overwrite)
     layers = ", ".join(
         f"{n} {stage}" for stage, n in table.groupby("stage", sort=False)["layer"].nunique().items()
     )
     click.echo(f"wrote {len(table)} rows ({len(samples)} sample(s); layers: {layers}) to {out}/")
+    if grid_queries:
+        click.echo(f"attention onto the image grid: {out}/grid.parquet, {out}/grid.png")
 
 
 @cli.command("compression-map")

@@ -7,6 +7,7 @@ what lets the backends be compared tensor for tensor.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -74,20 +75,41 @@ def entropy_within_roles(probs: torch.Tensor, onehot: torch.Tensor) -> tuple[tor
     return mass.float(), entropy.float()
 
 
+def grid_rows_from_probabilities(
+    mean_probs: torch.Tensor, roles: StageRoles, positions: Sequence[int]
+) -> dict[int, torch.Tensor]:
+    """{image index: [B, Q, rows, cols]} rows `positions` of head-averaged probabilities [B, N, N] read on
+    each image's patch grid (cells without a token are 0), in `positions` order."""
+    rows = mean_probs[:, list(positions)]  # [B, Q, N]
+    out = {}
+    for grid in roles.grids:
+        flat = grid.positions.flatten()
+        cells = rows[:, :, flat.clamp(min=0)] * (flat >= 0).to(rows.dtype)
+        out[grid.image_index] = cells.reshape(rows.shape[0], rows.shape[1], *grid.positions.shape)
+    return out
+
+
 def stats_from_probabilities(
     stage: str,
     layer: int,
     probs: torch.Tensor,
     roles: StageRoles,
     per_head: bool = False,
+    grid_queries: Sequence[int] | None = None,
 ) -> LayerStats:
-    """LayerStats from a full attention tensor [B, H, N, N] (eager, nnsight and TransformerLens paths)."""
+    """LayerStats from a full attention tensor [B, H, N, N] (eager, nnsight and TransformerLens paths).
+
+    `grid_queries`: absolute query positions whose head-averaged rows are also read on the image grids.
+    """
     onehot = roles.onehot(torch.float64)  # [B, N, R]
     mean_probs = probs.double().mean(dim=1)  # heads averaged first: the paper's a_ij
     mass, entropy = entropy_within_roles(mean_probs, onehot)
     head_mass = head_entropy = None
     if per_head:
         head_mass, head_entropy = entropy_within_roles(probs.double(), onehot.unsqueeze(1))
+    grid_rows = None
+    if grid_queries is not None:
+        grid_rows = grid_rows_from_probabilities(mean_probs, roles, grid_queries)
     return LayerStats(
         stage=stage,
         layer=layer,
@@ -96,4 +118,5 @@ def stats_from_probabilities(
         visible=roles.causal_visibility(),
         head_mass=head_mass,
         head_entropy=head_entropy,
+        grid_rows=grid_rows,
     )

@@ -6,6 +6,8 @@ layers x heads x N^2 probabilities. Every other engine is tested against this on
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 from probe.adapters.base import Adapter, Prepared
@@ -15,7 +17,14 @@ from probe.intermediate import LayerStats, concat_sequences, stats_from_probabil
 
 
 @torch.no_grad()
-def run_eager(adapter: Adapter, prepared: Prepared, per_head: bool = False) -> list[LayerStats]:
+def run_eager(
+    adapter: Adapter,
+    prepared: Prepared,
+    per_head: bool = False,
+    grid_queries: Sequence[int] | None = None,
+) -> list[LayerStats]:
+    """`grid_queries`: LLM query positions whose head-averaged rows are read on the image grids
+    (`LayerStats.grid_rows`, as the native engine returns them)."""
     inputs = {k: v.to(adapter.device) for k, v in prepared.inputs.items()}
     with adapter.attention_implementation("eager"):
         out = adapter.forward(inputs, output_attentions=True)
@@ -29,9 +38,16 @@ def run_eager(adapter: Adapter, prepared: Prepared, per_head: bool = False) -> l
         per_sequence = prepared.sequence_roles.get(stage)
         roles = per_sequence if per_sequence is not None else prepared.roles[stage]
         for layer, probs in enumerate(attentions):
-            stats = stats_from_probabilities(stage, layer, probs.float().cpu(), roles, per_head=per_head)
+            stats = stats_from_probabilities(
+                stage,
+                layer,
+                probs.float().cpu(),
+                roles,
+                per_head=per_head,
+                grid_queries=grid_queries if stage == "llm" else None,
+            )
             results.append(concat_sequences(stats) if per_sequence is not None else stats)
     return results
 
 
-register_engine("eager", run_eager)
+register_engine("eager", run_eager, grid_queries=True)

@@ -19,7 +19,7 @@ from unittest import mock
 import torch
 
 from probe.adapters.base import Adapter, Prepared
-from probe.engines import register_engine
+from probe.engines import grid_unsupported, register_engine
 from probe.errors import ProbeError
 from probe.intermediate import LayerStats, stats_from_probabilities
 
@@ -76,7 +76,11 @@ def bridge_for(adapter: Adapter):
 
 
 @torch.no_grad()
-def run_lens(adapter: Adapter, prepared: Prepared, per_head: bool = False, **_) -> list[LayerStats]:
+def run_lens(
+    adapter: Adapter, prepared: Prepared, per_head: bool = False, grid_queries=None, **_
+) -> list[LayerStats]:
+    if grid_queries is not None:
+        raise grid_unsupported("transformer-lens")
     if adapter.family not in SUPPORTED or adapter.stages != ("llm",):
         raise ProbeError(f"the transformer-lens backend supports {sorted(SUPPORTED)}, not '{adapter.family}'")
     n_tokens = int(prepared.inputs["input_ids"].shape[-1])

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from probe.adapters.base import Adapter, Prepared
-from probe.engines import register_engine
+from probe.engines import grid_unsupported, register_engine
 from probe.errors import ProbeError
 from probe.intermediate import LayerStats, stats_from_probabilities
 
@@ -32,7 +32,11 @@ def _envoy(root, path: str):
 
 
 @torch.no_grad()
-def run_nnsight(adapter: Adapter, prepared: Prepared, per_head: bool = False, **_) -> list[LayerStats]:
+def run_nnsight(
+    adapter: Adapter, prepared: Prepared, per_head: bool = False, grid_queries=None, **_
+) -> list[LayerStats]:
+    if grid_queries is not None:
+        raise grid_unsupported("nnsight")
     from nnsight import NNsight
 
     roles = prepared.roles["llm"]

@@ -389,7 +389,7 @@ def run_native(
     return results
 
 
-register_engine("native", run_native)
+register_engine("native", run_native, grid_queries=True)
 
 __all__ = [
     "run_native",
