@@ -275,3 +275,15 @@ def test_vision_warmup_targets_and_object_means_match_the_pixels():
                 expected_labels.append(targets[b, member][0])
     torch.testing.assert_close(pooled, torch.stack(expected))
     assert torch.equal(labels, torch.stack(expected_labels))
+
+
+def test_curriculum_scenes_have_one_or_two_objects_and_answers_still_match():
+    """Stage `easy` draws 1-2 objects per scene; the questions stay answerable from the objects."""
+    scenes = D.make_split(0, "train", 40, n_objects=(1, 2))
+    assert {len(s.objects) for s in scenes} == {1, 2}
+    assert all((o.colour, o.shape) not in D.HELD_OUT_PAIRS for s in scenes for o in s.objects)
+    for scene in scenes:
+        asked = {q.prompt: q.answer for q in scene.questions}
+        every = {q.prompt: q.answer for qs in D.all_questions(list(scene.objects)).values() for q, _ in qs}
+        assert asked and all(every[p] == a for p, a in asked.items())
+    assert [len(s.objects) for s in D.make_split(0, "train", 40)] != [len(s.objects) for s in scenes]

@@ -8,9 +8,10 @@ from probe.organism import data as D
 from tests.conftest import run_cli
 
 # --- the shipped organism ------------------------------------------------------------------------------
-# What the shipped organism-llava really learned (probe/organism/README.md): it reads colour from the image
-# (colour questions, including colour-at-position on held-out colour x shape objects), while its shape,
-# size, count and left/right answers stay near the answer prior. The tests pin that with margins.
+# What the shipped organism-llava really learned (probe/organism/README.md): it reads colour and shape from
+# the image (colour questions, shape-at-position, colour-at-position on held-out colour x shape objects),
+# while count, size and left/right answers stay near the answer prior, and on held-out pairs it still
+# guesses shape from colour. The tests pin what was measured at shipping, with margins.
 COLOUR_TYPES = ("colour_at", "colour_of_shape")
 
 
@@ -57,19 +58,27 @@ def _scores(organism, split: str, types: tuple[str, ...], n: int):
 
 
 def test_organism_reads_colour_from_the_image(organism):
-    # measured at shipping: 0.50 with the image, 0.25 blank; uniform chance 0.17, per-type majority 0.24
+    # measured at shipping: 0.45 with the image, 0.20 blank; uniform chance 0.17, per-type majority 0.25
     with_image, blank, uniform, majority = _scores(organism, "test", COLOUR_TYPES, 60)
-    assert with_image >= 0.40, (with_image, blank, uniform, majority)
-    assert blank <= majority + 0.12, (with_image, blank, uniform, majority)
+    assert with_image >= 0.37, (with_image, blank, uniform, majority)
+    assert blank <= majority + 0.05, (with_image, blank, uniform, majority)
     assert with_image - blank >= 0.15
 
 
-def test_organism_colour_at_position_on_held_out_pairs(organism):
-    # measured at shipping: 0.45 with the image, 0.075 blank; majority 0.30
-    with_image, blank, uniform, majority = _scores(organism, "heldout", ("colour_at",), 40)
-    assert with_image >= 0.33, (with_image, blank, uniform, majority)
-    assert blank <= majority + 0.1
+def test_organism_reads_shape_at_a_position_from_the_image(organism):
+    # measured at shipping: 0.52 with the image, 0.22 blank; uniform 0.25, majority 0.33
+    with_image, blank, uniform, majority = _scores(organism, "test", ("shape_at",), 60)
+    assert with_image >= 0.43, (with_image, blank, uniform, majority)
+    assert blank <= majority, (with_image, blank, uniform, majority)
     assert with_image - blank >= 0.2
+
+
+def test_organism_colour_at_position_on_held_out_pairs(organism):
+    # measured at shipping: 0.575 with the image, 0.225 blank; uniform 0.17, majority 0.30
+    with_image, blank, uniform, majority = _scores(organism, "heldout", ("colour_at",), 40)
+    assert with_image >= 0.45, (with_image, blank, uniform, majority)
+    assert blank <= majority + 0.05
+    assert with_image - blank >= 0.25
 
 
 # --- the shipped organism-llava-mini -----------------------------------------------------------------------
@@ -96,13 +105,17 @@ def test_shipped_mini_weights_match_the_manifest_and_load_through_the_zoo(organi
     assert (config.compressor_size, config.prefusion_layer_num) == (1, 2)
 
 
-def test_organism_mini_reads_colour_from_its_one_vision_token(organism_mini):
-    # measured at shipping (first 60 colour questions of test): 0.68 with the image, 0.12 blank;
-    # full test split: 0.480 with the image vs 0.368 blank (uniform 0.276, majority 0.397)
+def test_organism_mini_reads_colour_and_shape_from_its_one_vision_token(organism_mini):
+    # measured at shipping (first 60 questions of each kind in test): colour 0.52 with the image vs 0.22
+    # blank (majority 0.25); shape_at 0.62 vs 0.22 (majority 0.33). Full test split: 0.520 vs 0.335.
     with_image, blank, uniform, majority = _scores(organism_mini, "test", COLOUR_TYPES, 60)
-    assert with_image >= 0.50, (with_image, blank, uniform, majority)
-    assert blank <= majority + 0.12, (with_image, blank, uniform, majority)
-    assert with_image - blank >= 0.3
+    assert with_image >= 0.42, (with_image, blank, uniform, majority)
+    assert blank <= majority + 0.05, (with_image, blank, uniform, majority)
+    assert with_image - blank >= 0.2
+    with_image, blank, uniform, majority = _scores(organism_mini, "test", ("shape_at",), 60)
+    assert with_image >= 0.5, (with_image, blank, uniform, majority)
+    assert blank <= majority, (with_image, blank, uniform, majority)
+    assert with_image - blank >= 0.25
 
 
 def test_eval_cli(tmp_path):

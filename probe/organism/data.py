@@ -147,10 +147,16 @@ def image_rng(seed: int, split: str, index: int) -> np.random.Generator:
     return np.random.default_rng([seed, SPLIT_IDS[split], index])
 
 
-def draw_scene(rng: np.random.Generator, split: str) -> list[Obj]:
-    """2-4 objects in distinct cells; `heldout` scenes contain at least one held-out pair, others none."""
+OBJECTS_PER_SCENE = (2, 4)
+
+
+def draw_scene(
+    rng: np.random.Generator, split: str, n_objects: tuple[int, int] = OBJECTS_PER_SCENE
+) -> list[Obj]:
+    """n_objects[0]..n_objects[1] objects in distinct cells (2-4 in every stored split); `heldout` scenes
+    contain at least one held-out pair, others none."""
     while True:
-        n = int(rng.integers(2, 5))
+        n = int(rng.integers(n_objects[0], n_objects[1] + 1))
         cells = rng.choice(GRID * GRID, size=n, replace=False)
         objects = []
         for cell in cells:
@@ -243,17 +249,24 @@ class Scene:
         return render(self.objects)
 
 
-def make_scene(seed: int, split: str, index: int, k: int | None = None) -> Scene:
+def make_scene(
+    seed: int,
+    split: str,
+    index: int,
+    k: int | None = None,
+    n_objects: tuple[int, int] = OBJECTS_PER_SCENE,
+) -> Scene:
     rng = image_rng(seed, split, index)
-    objects = draw_scene(rng, split)
+    objects = draw_scene(rng, split, n_objects)
     questions = draw_questions(rng, objects, QUESTIONS_PER_IMAGE[split] if k is None else k, split)
     return Scene(split=split, index=index, objects=tuple(objects), questions=tuple(questions))
 
 
-def make_split(seed: int, split: str, n: int) -> list[Scene]:
+def make_split(seed: int, split: str, n: int, n_objects: tuple[int, int] = OBJECTS_PER_SCENE) -> list[Scene]:
+    """`n_objects` other than 2-4 is for training curricula only (the eval splits keep 2-4)."""
     if split not in SPLIT_IDS:
         raise ValueError(f"unknown split {split}")
-    return [make_scene(seed, split, i) for i in range(n)]
+    return [make_scene(seed, split, i, n_objects=n_objects) for i in range(n)]
 
 
 def records(scene: Scene) -> list[dict]:

@@ -10,8 +10,11 @@ Stages (each a list of steps; the run is one global step counter):
                  (it plateaued at ~50 % per patch) while the pooled one teaches the tower to put shape
                  evidence where attention can sum it. The probe head is thrown away.
   1. `projector` LLaVA stage 1: only the multimodal projector trains.
-  2. `full`      LLaVA stage 2: end to end, vision tower included (it was random-initialised).
-Stages 1-2 are teacher-forced through the model's real `forward(input_ids, pixel_values,
+  2. `easy`      LLaVA stage 2 on scenes of 1-2 objects: a curriculum step. With one object every question
+                 can be answered from the average of the vision tokens, so the LLM first learns to read
+                 shape / size / colour features before it has to find the object they belong to.
+  3. `full`      LLaVA stage 2: end to end, vision tower included (it was random-initialised).
+Stages 1-3 are teacher-forced through the model's real `forward(input_ids, pixel_values,
 attention_mask, labels)` with the loss on answer tokens (and their `</s>`) only. Each training image is
 one multi-turn conversation over its questions (as in LLaVA's instruction data), so the 576 vision
 tokens are paid once for several answers. Any model with that forward can be trained (stage `full`),
@@ -42,7 +45,8 @@ from probe.organism import data as D
 from probe.organism.model import MICRO, OrganismSize, build_organism_llava
 
 CHECKPOINT = "checkpoint.pt"
-STAGE_IDS = {"vision": 0, "projector": 1, "full": 2}
+STAGE_IDS = {"vision": 0, "projector": 1, "full": 2, "easy": 3}
+EASY_OBJECTS = (1, 2)  # objects per scene in stage `easy`
 # vision warm-up probe: colour, shape, size (each + background), grid row, grid column
 HEAD_SIZES = [len(D.COLOURS) + 1, len(D.SHAPES) + 1, len(D.SIZES) + 1, D.GRID, D.GRID]
 
@@ -53,8 +57,8 @@ class TrainConfig:
     n_train: int = 6000
     batch_size: int = 8
     vision_batch_size: int = 16
-    stages: tuple[tuple[str, int], ...] = (("vision", 600), ("projector", 100), ("full", 1300))
-    lr: dict = field(default_factory=lambda: {"vision": 2e-3, "projector": 1e-3, "full": 1e-3})
+    stages: tuple[tuple[str, int], ...] = (("vision", 600), ("projector", 100), ("easy", 400), ("full", 900))
+    lr: dict = field(default_factory=lambda: {"vision": 2e-3, "projector": 1e-3, "easy": 1e-3, "full": 1e-3})
     warmup: int = 30
     vision_lr_scale: float = 0.2  # the vision tower trains in stage `full` too, 5x slower
     min_lr_ratio: float = 0.1
@@ -77,7 +81,7 @@ def micro_config(seed: int = 0) -> TrainConfig:
         n_train=16,
         batch_size=2,
         vision_batch_size=2,
-        stages=(("vision", 2), ("projector", 2), ("full", 3)),
+        stages=(("vision", 2), ("projector", 2), ("easy", 1), ("full", 3)),
         warmup=1,
         checkpoint_every=1,
         size=MICRO,
@@ -195,7 +199,7 @@ def _vision_tower(model):
 def parameter_groups(model, stage: str, head: torch.nn.Module | None, config: TrainConfig) -> list[dict]:
     """Trainable parameters of a stage as optimiser groups with an lr `scale` (the tower learns slower in `full`)."""
     for p in model.parameters():
-        p.requires_grad_(stage == "full")
+        p.requires_grad_(stage in ("full", "easy"))
     if stage == "vision":
         groups = [{"params": list(_vision_tower(model).parameters()) + list(head.parameters()), "scale": 1.0}]
     elif stage == "projector":
@@ -363,6 +367,7 @@ def train(
     model.float().train()
     scenes = D.make_split(config.seed, "train", config.n_train)
     batcher = Batcher(processor, scenes)
+    batchers = {"easy": Batcher(processor, D.make_split(config.seed, "train", config.n_train, EASY_OBJECTS))}
     vision_config = getattr(model.config, "vision_config", None)
     grid = vision_config.image_size // vision_config.patch_size if vision_config is not None else 24
     head = None
@@ -409,7 +414,7 @@ def train(
                 if stage == "vision":
                     loss = vision_loss(model, head, batcher.vision_batch(indices, grid))
                 else:
-                    loss = model(**batcher.text_batch(indices, rng)).loss
+                    loss = model(**batchers.get(stage, batcher).text_batch(indices, rng)).loss
                 optimiser.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
