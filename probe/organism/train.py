@@ -60,7 +60,7 @@ class TrainConfig:
     stages: tuple[tuple[str, int], ...] = (("vision", 600), ("projector", 100), ("easy", 400), ("full", 900))
     lr: dict = field(default_factory=lambda: {"vision": 2e-3, "projector": 1e-3, "easy": 1e-3, "full": 1e-3})
     warmup: int = 30
-    vision_lr_scale: float = 0.2  # the vision tower trains in stage `full` too, 5x slower
+    vision_lr_scale: float = 0.2  # the vision tower trains in stages `easy` / `full` too, 5x slower
     min_lr_ratio: float = 0.1
     weight_decay: float = 0.01
     grad_clip: float = 1.0
@@ -197,7 +197,8 @@ def _vision_tower(model):
 
 
 def parameter_groups(model, stage: str, head: torch.nn.Module | None, config: TrainConfig) -> list[dict]:
-    """Trainable parameters of a stage as optimiser groups with an lr `scale` (the tower learns slower in `full`)."""
+    """Trainable parameters of a stage as optimiser groups with an lr `scale` (the tower learns slower
+    in `easy` / `full`)."""
     for p in model.parameters():
         p.requires_grad_(stage in ("full", "easy"))
     if stage == "vision":
@@ -367,7 +368,11 @@ def train(
     model.float().train()
     scenes = D.make_split(config.seed, "train", config.n_train)
     batcher = Batcher(processor, scenes)
-    batchers = {"easy": Batcher(processor, D.make_split(config.seed, "train", config.n_train, EASY_OBJECTS))}
+    batchers = {}  # stage -> a batcher over its own scenes, where they differ from the training split's
+    if any(stage == "easy" for stage, _ in config.stages):
+        batchers["easy"] = Batcher(
+            processor, D.make_split(config.seed, "train", config.n_train, EASY_OBJECTS)
+        )
     vision_config = getattr(model.config, "vision_config", None)
     grid = vision_config.image_size // vision_config.patch_size if vision_config is not None else 24
     head = None
