@@ -13,7 +13,7 @@ from __future__ import annotations
 from probe.errors import ProbeError
 from probe.zoo import LoadedModel, load
 
-__all__ = ["ProbeError", "LoadedModel", "load", "attention", "plot"]
+__all__ = ["ProbeError", "LoadedModel", "load", "attention", "attention_maps", "plot"]
 __version__ = "0.1.0"
 
 
@@ -46,6 +46,28 @@ def attention(
 
 
 _attention_api = attention
+
+
+def attention_maps(
+    model: LoadedModel,
+    image: str | list[str],
+    prompt: str,
+    queries: str = "-1",
+    response: str | None = None,
+    backend: str = "native",
+    generate: int | None = None,
+):
+    """Tidy grid table (paper Fig. 4): where the `queries` tokens ('-1', 'response', '12,-3', ...) look
+    on each image's patch grid, per layer. Draw it with `analyses.attention_maps.plot_grid_attention`."""
+    from probe.attention_job import AttentionOptions, check_grid_options, probe_sample
+    from probe.inputs import make_sample
+
+    globals()["attention"] = _attention_api  # see `attention`
+    images = [image] if isinstance(image, str) else list(image)
+    sample = make_sample(prompt, images, response=response)
+    options = AttentionOptions(backend=backend, generate=generate, grid_queries=queries)
+    check_grid_options(options, [sample])
+    return probe_sample(model, sample, options).grid
 
 
 def plot(table, value: str = "mass", stage: str = "llm"):

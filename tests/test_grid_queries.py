@@ -226,3 +226,22 @@ def test_empty_generation_gives_an_empty_grid_table(tmp_path, tiny_llava, monkey
     grid = job.load_grid(tmp_path / "run")
     assert grid.empty and list(grid.columns) == ["model", *GRID_COLUMNS]
     assert not (tmp_path / "run" / "grid.png").exists()
+
+
+def test_notebook_attention_maps_sum_to_the_response_mass_on_each_image(tiny_llava):
+    """probe.attention_maps: a one-token response's grid weights summed over an image's patches equal that
+    token's mass on the image in the attention table (same forward, independent reduction)."""
+    import probe
+
+    prompt, images, _ = TWO
+    grid = probe.attention_maps(tiny_llava, images, prompt, queries="response", response="cup")
+    table = probe.attention(tiny_llava, images, prompt, response="cup")
+    n_response = grid["query"].nunique()
+    assert n_response >= 1 and set(grid["query_role"]) == {"response"}
+    per_image = grid.groupby(["layer", "image"])["weight"].sum() / n_response  # mean over response tokens
+    fine = table[(table.grouping == "fine") & (table.tgt == "response") & table["head"].isna()]
+    for (layer, image), total in per_image.items():
+        expected = fine[(fine.layer == layer) & (fine.src == f"image:{image}")]["mass"].item()
+        assert abs(total - expected) < 1e-5, (layer, image, total, expected)
+    with pytest.raises(ProbeError, match="grid-queries"):
+        probe.attention_maps(tiny_llava, images, prompt, queries="vision")
