@@ -35,9 +35,10 @@ from transformers import CLIPVisionConfig, CLIPVisionModel, GenerationMixin, Pre
 from transformers import initialization as init
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.masking_utils import create_causal_mask
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRMSNorm, LlamaRotaryEmbedding
-from transformers.utils import ModelOutput
 
+from llava_mini.compat import cache_kwargs, cache_of
 from llava_mini.configuration import LlavaMiniConfig
 
 
@@ -153,24 +154,19 @@ def build_projector(config: LlavaMiniConfig) -> nn.Sequential:
 
 
 # --- outputs -----------------------------------------------------------------------------------------
+# Built on transformers' own output classes so that the cache field carries the installed release's name
+# (`past_key_values` up to 5.23, `cache` from 5.24), which `generate` reads back.
 @dataclass
-class LlavaMiniModelOutput(ModelOutput):
+class LlavaMiniModelOutput(BaseModelOutputWithPast):
     """`attentions`: one [B, H, N, N] per LLM layer; `prefusion_attentions`: one [B*T, H, M, M] per pre-fusion
     layer (eager attention and `output_attentions=True` only). `compression_weights` [B, T, C^2, rows, cols]."""
 
-    last_hidden_state: torch.Tensor | None = None
-    past_key_values: Cache | None = None
-    attentions: tuple[torch.Tensor, ...] | None = None
     prefusion_attentions: tuple[torch.Tensor, ...] | None = None
     compression_weights: torch.Tensor | None = None
 
 
 @dataclass
-class LlavaMiniCausalLMOutput(ModelOutput):
-    loss: torch.Tensor | None = None
-    logits: torch.Tensor | None = None
-    past_key_values: Cache | None = None
-    attentions: tuple[torch.Tensor, ...] | None = None
+class LlavaMiniCausalLMOutput(CausalLMOutputWithPast):
     prefusion_attentions: tuple[torch.Tensor, ...] | None = None
     compression_weights: torch.Tensor | None = None
 
@@ -208,7 +204,7 @@ class LlavaMiniPreTrainedModel(PreTrainedModel):
     base_model_prefix = "model"
     supports_gradient_checkpointing = True
     _no_split_modules = ["LlamaDecoderLayer", "CLIPEncoderLayer"]
-    _skip_keys_device_placement = ["past_key_values"]
+    _skip_keys_device_placement = ["cache", "past_key_values"]
     _supports_flash_attn = True
     _supports_sdpa = True
     _supports_flex_attn = True
@@ -297,8 +293,8 @@ class LlavaMiniModel(LlavaMiniPreTrainedModel):
             config=self.config,
             inputs_embeds=hidden,
             attention_mask=keep.long(),
-            past_key_values=None,
             position_ids=position_ids,
+            **cache_kwargs(None),
         )
         position_embeddings = self.rotary_emb(hidden, position_ids=position_ids)
         with recording_attentions(self.prefusion_layers, output_attentions) as records:
@@ -380,6 +376,7 @@ class LlavaMiniModel(LlavaMiniPreTrainedModel):
         pixel_values: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
+        cache: Cache | None = None,
         past_key_values: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
@@ -387,6 +384,8 @@ class LlavaMiniModel(LlavaMiniPreTrainedModel):
         output_attentions: bool | None = None,
         **kwargs,
     ) -> LlavaMiniModelOutput:
+        """`cache` is the KV cache; `past_key_values` is its name before transformers 5.24 (see compat)."""
+        cache = cache if cache is not None else past_key_values
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
         output_attentions = bool(output_attentions)
@@ -400,10 +399,10 @@ class LlavaMiniModel(LlavaMiniPreTrainedModel):
                 if (input_ids == self.config.image_token_index).any():
                     raise ValueError("the prompt has image tokens but no pixel_values were given")
                 inputs_embeds = self.embed_tokens(input_ids)
-        if use_cache and past_key_values is None:
-            past_key_values = DynamicCache(config=self.config)
+        if use_cache and cache is None:
+            cache = DynamicCache(config=self.config)
         if position_ids is None:
-            past_seen = past_key_values.get_seq_length() if past_key_values is not None else 0
+            past_seen = cache.get_seq_length() if cache is not None else 0
             position_ids = (
                 torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device) + past_seen
             ).unsqueeze(0)
@@ -411,8 +410,8 @@ class LlavaMiniModel(LlavaMiniPreTrainedModel):
             config=self.config,
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
-            past_key_values=past_key_values,
             position_ids=position_ids,
+            **cache_kwargs(cache),
         )
         hidden = inputs_embeds
         position_embeddings = self.rotary_emb(hidden, position_ids=position_ids)
@@ -422,14 +421,14 @@ class LlavaMiniModel(LlavaMiniPreTrainedModel):
                     hidden,
                     attention_mask=mask,
                     position_ids=position_ids,
-                    past_key_values=past_key_values,
                     use_cache=use_cache,
+                    **cache_kwargs(cache),
                     position_embeddings=position_embeddings,
                     **kwargs,
                 )
         return LlavaMiniModelOutput(
             last_hidden_state=self.norm(hidden),
-            past_key_values=past_key_values,
+            **cache_kwargs(cache),
             attentions=tuple(records) if output_attentions else None,
             prefusion_attentions=prefusion_attentions if output_attentions else None,
             compression_weights=compression_weights,
@@ -464,12 +463,22 @@ class LlavaMiniForConditionalGeneration(LlavaMiniPreTrainedModel, GenerationMixi
             )
         return super().generate(input_ids=input_ids, **kwargs)
 
+    def prepare_inputs_for_generation(self, *args, is_first_iteration: bool | None = False, **kwargs):
+        """Images enter at the first step only; later steps find them in the KV cache (as LLaVA's own
+        override does; transformers < 5.24 would otherwise pass `pixel_values` at every step)."""
+        pixel_values = kwargs.pop("pixel_values", None)
+        inputs = super().prepare_inputs_for_generation(*args, is_first_iteration=is_first_iteration, **kwargs)
+        if is_first_iteration or not kwargs.get("use_cache", True):
+            inputs["pixel_values"] = pixel_values
+        return inputs
+
     def forward(
         self,
         input_ids: torch.Tensor | None = None,
         pixel_values: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
+        cache: Cache | None = None,
         past_key_values: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
@@ -480,6 +489,7 @@ class LlavaMiniForConditionalGeneration(LlavaMiniPreTrainedModel, GenerationMixi
         **kwargs,
     ) -> LlavaMiniCausalLMOutput:
         kwargs.pop("return_dict", None)
+        cache = cache if cache is not None else past_key_values
         if fusion_mask is None and labels is not None:
             fusion_mask = labels == -100  # the release pre-fuses only the prompt (unsupervised) tokens
         outputs = self.model(
@@ -487,7 +497,7 @@ class LlavaMiniForConditionalGeneration(LlavaMiniPreTrainedModel, GenerationMixi
             pixel_values=pixel_values,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
+            cache=cache,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             fusion_mask=fusion_mask,
@@ -505,7 +515,7 @@ class LlavaMiniForConditionalGeneration(LlavaMiniPreTrainedModel, GenerationMixi
         return LlavaMiniCausalLMOutput(
             loss=loss,
             logits=logits,
-            past_key_values=outputs.past_key_values,
+            **cache_kwargs(cache_of(outputs)),
             attentions=outputs.attentions,
             prefusion_attentions=outputs.prefusion_attentions,
             compression_weights=outputs.compression_weights,

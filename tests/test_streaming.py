@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from llava_mini.compat import cache_kwargs, cache_of
 from probe.adapters.base import collate_left_padded
 from probe.engines import get_engine
 from probe.engines.streaming import StreamingContext, collect, collecting, implementation_for, mass_by_sdpa
@@ -173,7 +174,7 @@ def test_native_kv_cache_rows(tiny_llava, one_image):
             first = adapter.model(
                 input_ids=inputs["input_ids"][:, step : step + 1],
                 attention_mask=inputs["attention_mask"][:, : step + 1],
-                past_key_values=first.past_key_values,
+                **cache_kwargs(cache_of(first)),
                 use_cache=True,
             )
     got = context.layer_stats()

@@ -175,7 +175,7 @@ def implementation_for(previous: str | None) -> tuple[str, Callable]:
         base, inner, mask = "sdpa", sdpa_attention_forward, sdpa_mask
     else:
         base, inner = previous, ALL_ATTENTION_FUNCTIONS[previous]
-        mask = ALL_MASK_ATTENTION_FUNCTIONS._global_mapping.get(previous, sdpa_mask)
+        mask = ALL_MASK_ATTENTION_FUNCTIONS.get(previous, sdpa_mask)
     name = NATIVE if base == "sdpa" else f"{NATIVE}_{base}"
     if name not in _REGISTERED:
         AttentionInterface.register(name, streaming_attention_forward)
