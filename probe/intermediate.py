@@ -58,6 +58,18 @@ def concat_sequences(stats: LayerStats) -> LayerStats:
     )
 
 
+def entropy_from_parts(mass: torch.Tensor, plogp: torch.Tensor) -> torch.Tensor:
+    """Entropy (nats) of a distribution restricted to a set and renormalised, from the set's mass
+    m = sum_j p_j and s = sum_j p_j log p_j:  H = log m - s / m.  NaN where m == 0 (undefined); clamped at 0,
+    since rounding gives -1e-17 for one-token sets. The one implementation every engine and the role
+    grouping use."""
+    dtype = torch.promote_types(mass.dtype, plogp.dtype)
+    mass, plogp = mass.double(), plogp.double()
+    safe = mass.clamp_min(1e-300)
+    entropy = torch.where(mass > 0, safe.log() - plogp / safe, torch.full_like(mass, float("nan")))
+    return entropy.clamp_min(0.0).to(dtype)
+
+
 def entropy_within_roles(probs: torch.Tensor, onehot: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Mass and renormalised entropy per role from explicit probabilities.
 
@@ -68,11 +80,8 @@ def entropy_within_roles(probs: torch.Tensor, onehot: torch.Tensor) -> tuple[tor
     probs = probs.double()
     onehot = onehot.double()
     mass = probs @ onehot
-    plogp = torch.where(probs > 0, probs * probs.log(), torch.zeros_like(probs)) @ onehot
-    # H_r = -sum_j (p_j / m_r) log(p_j / m_r) = log m_r - (1 / m_r) sum_j p_j log p_j
-    entropy = torch.where(mass > 0, mass.log() - plogp / mass, torch.full_like(mass, float("nan")))
-    entropy = entropy.clamp_min(0.0)  # rounding can give -1e-17 for one-token roles; NaN stays NaN
-    return mass.float(), entropy.float()
+    plogp = torch.special.xlogy(probs, probs) @ onehot
+    return mass.float(), entropy_from_parts(mass, plogp).float()
 
 
 def grid_rows_from_probabilities(

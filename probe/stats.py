@@ -17,10 +17,22 @@ from collections.abc import Callable, Sequence
 import pandas as pd
 import torch
 
-from probe.intermediate import LayerStats
+from probe.intermediate import LayerStats, entropy_from_parts
 from probe.roles import StageRoles, paper_group
 
-TABLE_COLUMNS = ["sample", "stage", "layer", "grouping", "tgt", "src", "head", "mass", "entropy", "n_targets"]
+TABLE_COLUMNS = [
+    "sample",
+    "stage",
+    "layer",
+    "grouping",
+    "tgt",
+    "src",
+    "head",
+    "mass",
+    "entropy",
+    "n_targets",
+    "n_entropy",
+]
 
 GROUPINGS: dict[str, Callable[[str], str]] = {
     "paper": paper_group,
@@ -47,12 +59,10 @@ def group_roles(
         idx = [k for k, label in enumerate(labels) if group_of(label) == group]
         p, h = mass[..., idx], entropy[..., idx]
         p_sum = p.sum(-1)
-        term = torch.where(p > 0, p * (p.clamp_min(1e-300).log() - h), torch.zeros_like(p)).sum(-1)
-        h_sum = torch.where(
-            p_sum > 0, p_sum.clamp_min(1e-300).log() - term / p_sum.clamp_min(1e-300), float("nan")
-        )
+        # sum_{j in S} p_j log p_j from the parts: sum_k p_k (log p_k - H_k)
+        plogp = torch.where(p > 0, p * (p.clamp_min(1e-300).log() - h), torch.zeros_like(p)).sum(-1)
         out_mass.append(p_sum)
-        out_entropy.append(h_sum.clamp_min(0.0))  # rounding can give -1e-17 for one-token sets; NaN stays NaN
+        out_entropy.append(entropy_from_parts(p_sum, plogp))
         out_visible.append(visible[..., idx].any(-1))
     return groups, torch.stack(out_mass, -1), torch.stack(out_entropy, -1), torch.stack(out_visible, -1)
 
@@ -64,8 +74,12 @@ def _reduce(
     mass: torch.Tensor,
     entropy: torch.Tensor,
     visible: torch.Tensor,
-) -> list[tuple[str, str, float, float, int]]:
-    """Eq. 4-5 over one sequence: mass/entropy [N, G], visible [N, G], tgt_of_token [N] (-1 = padding)."""
+) -> list[tuple[str, str, float, float, int, int]]:
+    """Eq. 4-5 over one sequence: mass/entropy [N, G], visible [N, G], tgt_of_token [N] (-1 = padding).
+
+    Per (tgt, src): mean mass over the n targets that can see src, mean entropy over the n_entropy of them
+    whose restricted row is defined (a visible source whose probabilities all underflowed to 0 has
+    mass 0 but no entropy: it counts in the mass mean, not in the entropy mean)."""
     rows = []
     for t, tgt in enumerate(tgt_groups):
         is_tgt = tgt_of_token == t
@@ -77,7 +91,8 @@ def _reduce(
             total_mass = float(mass[sel, s].sum())
             ent = entropy[sel, s]
             ent = ent[~ent.isnan()]
-            rows.append((tgt, src, total_mass / n, float(ent.mean()) if len(ent) else float("nan"), n))
+            mean_entropy = float(ent.mean()) if len(ent) else float("nan")
+            rows.append((tgt, src, total_mass / n, mean_entropy, n, len(ent)))
     return rows
 
 
@@ -105,14 +120,17 @@ def layer_rows(
             ids = roles.role_ids[b]
             tgt_of_token = torch.where(ids >= 0, label_to_group[ids.clamp(min=0)], -1)
             base = {"sample": sample_id, "stage": stats.stage, "layer": stats.layer, "grouping": grouping}
-            for tgt, src, m, e, n in _reduce(groups, tgt_of_token, groups, mass[b], entropy[b], visible[b]):
+            for tgt, src, m, e, n, n_e in _reduce(
+                groups, tgt_of_token, groups, mass[b], entropy[b], visible[b]
+            ):
                 rows.append(
-                    {**base, "tgt": tgt, "src": src, "head": None, "mass": m, "entropy": e, "n_targets": n}
+                    {**base, "tgt": tgt, "src": src, "head": None, "mass": m, "entropy": e}
+                    | {"n_targets": n, "n_entropy": n_e}
                 )
             if head_parts is not None:
                 h_mass, h_entropy = head_parts
                 for h in range(h_mass.shape[1]):
-                    for tgt, src, m, e, n in _reduce(
+                    for tgt, src, m, e, n, n_e in _reduce(
                         groups, tgt_of_token, groups, h_mass[b, h], h_entropy[b, h], visible[b]
                     ):
                         rows.append(
@@ -124,6 +142,7 @@ def layer_rows(
                                 "mass": m,
                                 "entropy": e,
                                 "n_targets": n,
+                                "n_entropy": n_e,
                             }
                         )
     return rows
@@ -135,6 +154,7 @@ def to_table(rows: list[dict]) -> pd.DataFrame:
     df["head"] = df["head"].astype("Int64")
     df["layer"] = df["layer"].astype("int64")
     df["n_targets"] = df["n_targets"].astype("int64")
+    df["n_entropy"] = df["n_entropy"].astype("int64")
     return df
 
 

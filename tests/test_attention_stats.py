@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 import torch
@@ -11,6 +9,7 @@ import torch
 import probe
 from probe.engines import get_engine
 from probe.inputs import make_sample
+from tests.reference import paper_roles, paper_table
 
 PROMPTS = [
     ("<image> What is shown in this picture?", None),
@@ -27,29 +26,14 @@ def reference_table(model, prepared) -> dict:
             out = model(**prepared.inputs, output_attentions=True)
         finally:
             model.set_attn_implementation({"text_config": "sdpa"})
-    ids = prepared.inputs["input_ids"][0].numpy()
-    image_token = model.config.image_token_id
-    n = len(ids)
-    role = np.array(["instruction"] * n, dtype=object)
-    role[ids == image_token] = "vision"
-    role[prepared.prompt_length :] = "response"
+    role = paper_roles(
+        prepared.inputs["input_ids"][0].numpy(), model.config.image_token_id, prepared.prompt_length
+    )
     result = {}
     for layer, att in enumerate(out.attentions):
         a = att[0].double().mean(0).numpy()  # heads averaged first
-        for tgt in ("instruction", "vision", "response"):
-            for src in ("instruction", "vision", "response"):
-                masses, entropies = [], []
-                for i in np.flatnonzero(role == tgt):
-                    keys = [j for j in range(i + 1) if role[j] == src]
-                    if not keys:
-                        continue  # token i cannot see the source set: not in the denominator
-                    row = a[i, keys]
-                    m = row.sum()
-                    masses.append(m)
-                    p = row / m
-                    entropies.append(-sum(x * math.log(x) for x in p if x > 0))
-                if masses:
-                    result[(layer, tgt, src)] = (np.mean(masses), np.mean(entropies), len(masses))
+        for (tgt, src), value in paper_table(a, role).items():
+            result[(layer, tgt, src)] = value
     return result
 
 
@@ -83,22 +67,37 @@ def test_mass_over_all_sources_sums_to_one_for_every_target(tiny_llava):
         assert float(stats.mass[~stats.visible].abs().max()) == 0.0
 
 
-def test_per_head_rows_average_to_head_averaged_mass(tiny_llava):
+def test_per_head_rows_match_each_heads_own_attention(tiny_llava):
+    """Per-head rows against each head's row of output_attentions, summed by hand (no probe code)."""
+    prompt, response = "<image> Hi?", "yes it is"
     table = probe.attention(
         tiny_llava,
         image="skimage:astronaut",
-        prompt="<image> Hi?",
-        response="yes",
+        prompt=prompt,
+        response=response,
         per_head=True,
         backend="eager",
     )
-    paper = table[table["grouping"] == "paper"]
-    per_head = paper[paper["head"].notna()].groupby(["layer", "tgt", "src"])["mass"].mean()
-    averaged = paper[paper["head"].isna()].set_index(["layer", "tgt", "src"])["mass"]
-    n_heads = tiny_llava.model.config.text_config.num_attention_heads
-    assert paper["head"].dropna().nunique() == n_heads
-    # mass is linear in the attention row, so the mean of per-head masses is the head-averaged mass
-    np.testing.assert_allclose(per_head.loc[averaged.index].to_numpy(), averaged.to_numpy(), atol=1e-6)
+    prepared = tiny_llava.adapter.prepare(make_sample(prompt, ["skimage:astronaut"], response=response))
+    model = tiny_llava.model
+    with torch.no_grad():
+        model.set_attn_implementation({"text_config": "eager"})
+        try:
+            attentions = model(**prepared.inputs, output_attentions=True).attentions
+        finally:
+            model.set_attn_implementation({"text_config": "sdpa"})
+    ids = prepared.inputs["input_ids"][0]
+    vision = (ids == model.config.image_token_id).nonzero().flatten()
+    targets = range(prepared.prompt_length, len(ids))  # response tokens see every image token
+    heads = table[(table["grouping"] == "paper") & table["head"].notna()]
+    n_heads = model.config.text_config.num_attention_heads
+    assert heads["head"].nunique() == n_heads
+    for layer, att in enumerate(attentions):
+        for h in range(n_heads):
+            expected = np.mean([float(att[0, h, i, vision].double().sum()) for i in targets])
+            row = heads[(heads["layer"] == layer) & (heads["head"] == h)]
+            got = row[(row["tgt"] == "response") & (row["src"] == "vision")]["mass"].item()
+            assert got == pytest.approx(expected, abs=1e-5), (layer, h)
 
 
 def test_fine_roles_regroup_to_the_papers_three(tiny_llava):
@@ -118,3 +117,23 @@ def test_fine_roles_regroup_to_the_papers_three(tiny_llava):
         p = paper[(paper["layer"] == layer) & (paper["tgt"] == "response")].set_index("src")["mass"]
         assert p["vision"] == pytest.approx(f["image:0"] + f["image:1"], abs=1e-6)
         assert p["instruction"] == pytest.approx(f["system"] + f["instruction"], abs=1e-6)
+
+
+def test_targets_whose_source_underflowed_count_in_mass_not_in_entropy():
+    from probe.intermediate import LayerStats
+    from probe.roles import StageRoles
+    from probe.stats import layer_rows, to_table
+
+    # tokens: system, image, image, instruction, instruction; the last one's image probabilities underflowed
+    roles = StageRoles(labels=["system", "image:0", "instruction"], role_ids=torch.tensor([[0, 1, 1, 2, 2]]))
+    nan = float("nan")
+    mass = torch.tensor([[[1, 0, 0], [0.2, 0.8, 0], [0.1, 0.9, 0], [0.3, 0.6, 0.1], [0.5, 0.0, 0.5]]])
+    entropy = torch.tensor([[[0, nan, nan], [0, 0, nan], [0, 0.6, nan], [0, 0.5, 0], [0, nan, 0]]])
+    visible = torch.tensor([[[1, 0, 0], [1, 1, 0], [1, 1, 0], [1, 1, 1], [1, 1, 1]]], dtype=torch.bool)
+    stats = LayerStats(stage="llm", layer=0, mass=mass, entropy=entropy, visible=visible)
+    table = to_table(layer_rows(stats, roles, ["s"], groupings=("paper",)))
+    row = table[(table["tgt"] == "instruction") & (table["src"] == "vision")].iloc[0]
+    # targets seeing vision: tokens 3 and 4 (system, token 0, cannot see it)
+    assert row["n_targets"] == 2 and row["n_entropy"] == 1
+    assert row["mass"] == pytest.approx((0.6 + 0.0) / 2)
+    assert row["entropy"] == pytest.approx(0.5)

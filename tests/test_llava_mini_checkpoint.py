@@ -157,15 +157,6 @@ def test_every_tensor_lands_where_it_belongs(release, clip_dir):
     assert model.config.rope_parameters["rope_type"] == "llama3"
 
 
-def test_outputs_are_deterministic(release):
-    _, _, model, _ = release
-    ids, px = prompt_ids(C * C), torch.randn(1, 3, 336, 336, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        a = model(input_ids=ids, pixel_values=px).logits
-        b = model(input_ids=ids, pixel_values=px).logits
-    assert torch.isfinite(a).all() and torch.equal(a, b)
-
-
 def test_save_load_round_trip(release, tmp_path):
     _, _, model, processor = release
     out = save_llava_mini(model, processor, tmp_path / "saved", max_shard_size="100KB")

@@ -12,13 +12,19 @@ import torch
 from llava_mini.compat import cache_kwargs, cache_of
 from probe.adapters.base import collate_left_padded
 from probe.engines import get_engine
-from probe.engines.streaming import StreamingContext, collect, collecting, implementation_for, mass_by_sdpa
+from probe.engines.streaming import (
+    StreamingContext,
+    collect,
+    collecting,
+    instrumented_attention,
+    mass_by_sdpa,
+)
 from probe.errors import ProbeError
 from probe.inputs import make_sample
 from probe.intermediate import stats_from_probabilities
 from probe.roles import StageRoles
+from tests.reference import assert_stats_close
 
-TOL = 1e-4
 BACKENDS = ["native", "nnsight", "transformer-lens"]
 ONE = ("<image> What is shown?", ["skimage:astronaut"], "An astronaut in a suit.")
 TWO = (
@@ -26,20 +32,6 @@ TWO = (
     ["skimage:astronaut", "skimage:coffee"],
     "A person and a cup.",
 )
-
-
-def assert_stats_close(ref, got, per_head=False, rows=slice(None), tol=TOL):
-    assert [s.layer for s in ref] == [s.layer for s in got]
-    fields = ["mass", "entropy"] + (["head_mass", "head_entropy"] if per_head else [])
-    for a, b in zip(ref, got, strict=True):
-        for name in fields:
-            x, y = getattr(a, name), getattr(b, name)
-            x, y = (x[:, :, rows], y[:, :, rows]) if name.startswith("head") else (x[:, rows], y[:, rows])
-            assert x.shape == y.shape, name
-            assert torch.equal(x.isnan(), y.isnan()), f"layer {a.layer} {name}: NaN pattern differs"
-            err = torch.nan_to_num((x - y).abs(), nan=0.0).max().item()
-            assert err < tol, f"layer {a.layer} {name}: max error {err}"
-        assert torch.equal(a.visible[:, rows], b.visible[:, rows])
 
 
 @pytest.fixture(scope="module")
@@ -120,16 +112,16 @@ def test_native_does_not_change_the_forward(tiny_llava, one_image):
     inputs = dict(prepared.inputs)
     with torch.no_grad():
         plain = adapter.forward(inputs, output_hidden_states=True)
-        name, inner = implementation_for(adapter.current_attention())
-        context = StreamingContext(roles=prepared.roles["llm"], device=adapter.device, inner=inner)
-        with adapter.attention_implementation(name), collecting(context):
+        context = StreamingContext(roles=prepared.roles["llm"], device=adapter.device)
+        with instrumented_attention(adapter) as name, collecting(context):
+            assert name == adapter.current_attention() == "sdpa"  # the model's own implementation, by name
             streamed = adapter.forward(inputs, output_hidden_states=True)
     assert len(context.chunks) == adapter.num_layers()
     assert torch.equal(plain.logits, streamed.logits)
     for a, b in zip(plain.hidden_states, streamed.hidden_states, strict=True):
         assert torch.equal(a, b)
-    # outside the engine's context the registered function is a plain pass-through
-    with torch.no_grad(), adapter.attention_implementation(name):
+    # outside a collecting context the fronted implementation is a plain pass-through
+    with torch.no_grad(), instrumented_attention(adapter):
         assert torch.equal(adapter.forward(inputs).logits, plain.logits)
 
 
@@ -161,9 +153,8 @@ def test_native_kv_cache_rows(tiny_llava, one_image):
     prepared, ref = one_image
     inputs = dict(prepared.inputs)
     n, k = inputs["input_ids"].shape[-1], 3
-    name, inner = implementation_for(adapter.current_attention())
-    context = StreamingContext(roles=prepared.roles["llm"], device=adapter.device, inner=inner, per_head=True)
-    with torch.no_grad(), adapter.attention_implementation(name), collecting(context):
+    context = StreamingContext(roles=prepared.roles["llm"], device=adapter.device, per_head=True)
+    with torch.no_grad(), instrumented_attention(adapter), collecting(context):
         first = adapter.model(
             input_ids=inputs["input_ids"][:, : n - k],
             pixel_values=inputs["pixel_values"],
@@ -216,16 +207,44 @@ def test_collect_on_random_tensors_with_padding_mask(dtype):
     assert torch.allclose(identity[:, :, 5:], got.head_mass[:, :, 5:].double(), atol=1e-5)
 
 
-def test_api_default_backend_is_native(tiny_llava):
+def test_api_default_backend_is_native(tiny_llava, monkeypatch):
     import probe
+    from probe import engines
 
-    native = probe.attention(tiny_llava, image="skimage:astronaut", prompt="<image> Hi?", response="Yes.")
-    eager = probe.attention(
-        tiny_llava, image="skimage:astronaut", prompt="<image> Hi?", response="Yes.", backend="eager"
-    )
-    assert native[["mass", "n_targets"]].shape == eager[["mass", "n_targets"]].shape
-    assert (native["mass"] - eager["mass"]).abs().max() < TOL
-    assert ((native["entropy"] - eager["entropy"]).abs().fillna(0) < TOL).all()
+    called = []
+    for name in list(engines.ENGINES):
+        real = get_engine(name)
+
+        def spy(*args, _name=name, _real=real, **kwargs):
+            called.append(_name)
+            return _real(*args, **kwargs)
+
+        monkeypatch.setitem(engines.ENGINES, name, spy)
+    table = probe.attention(tiny_llava, image="skimage:astronaut", prompt="<image> Hi?", response="Yes.")
+    assert called == ["native"] and len(table) > 0
+
+
+def test_statistics_keep_full_fp32_matmuls_when_the_user_enabled_tf32(tiny_llava, one_image, monkeypatch):
+    """TF32 / reduced-precision fp32 matmuls are a user's choice for the forward, never for collect."""
+    from probe.engines import streaming
+
+    seen = []
+    real_collect = streaming.collect
+
+    def spy(*args, **kwargs):
+        seen.append(torch.get_float32_matmul_precision())
+        return real_collect(*args, **kwargs)
+
+    monkeypatch.setattr(streaming, "collect", spy)
+    previous = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("medium")
+    try:
+        prepared, _ = one_image
+        get_engine("native")(tiny_llava.adapter, prepared)
+        assert torch.get_float32_matmul_precision() == "medium"  # the user's setting is restored
+    finally:
+        torch.set_float32_matmul_precision(previous)
+    assert seen and set(seen) == {"highest"}
 
 
 def test_token_limits_raise_probe_error(tiny_llava, one_image, monkeypatch):

@@ -1,7 +1,9 @@
 """Reference engine: the model's eager attention with `output_attentions=True`.
 
 Exact and simple, but it changes the forward path (eager instead of SDPA / flash) and materialises
-layers x heads x N^2 probabilities. Every other engine is tested against this one.
+layers x heads x N^2 probabilities. Every other engine is tested against this one. The language model
+runs through `probe.engines.reference` (eager's output, fp32 probabilities), so the reference is exact
+in bf16 / fp16 too.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import torch
 
 from probe.adapters.base import Adapter, Prepared
 from probe.engines import register_engine
+from probe.engines.reference import REFERENCE
 from probe.errors import ProbeError
 from probe.intermediate import LayerStats, concat_sequences, stats_from_probabilities
 
@@ -26,7 +29,7 @@ def run_eager(
     """`grid_queries`: LLM query positions whose head-averaged rows are read on the image grids
     (`LayerStats.grid_rows`, as the native engine returns them)."""
     inputs = {k: v.to(adapter.device) for k, v in prepared.inputs.items()}
-    with adapter.attention_implementation("eager"):
+    with adapter.attention_implementation(REFERENCE):
         out = adapter.forward(inputs, output_attentions=True)
     results: list[LayerStats] = []
     for stage, attentions in adapter.attention_stages(out).items():

@@ -1,6 +1,6 @@
 """nnsight engine: trace the HF model with `nnsight.NNsight` and read each text layer's attention weights.
 
-The language model runs with eager attention (the only implementation that returns probabilities); the
+The language model runs with the reference attention (eager's output, fp32 probabilities); the
 `attn_weights` output of every text layer's attention module is turned into `LayerStats` inside the
 trace, one layer at a time, so only one layer's [B, H, N, N] probabilities are alive at once.
 nnsight wraps the model without replacing its modules, so the same loaded model serves every backend.
@@ -12,6 +12,7 @@ import torch
 
 from probe.adapters.base import Adapter, Prepared
 from probe.engines import grid_unsupported, register_engine
+from probe.engines.reference import REFERENCE
 from probe.errors import ProbeError
 from probe.intermediate import LayerStats, stats_from_probabilities
 
@@ -50,7 +51,7 @@ def run_nnsight(
     inputs = {k: v.to(adapter.device) for k, v in prepared.inputs.items()}
     traced = NNsight(adapter.model)
     stats: list[LayerStats] = []
-    with adapter.attention_implementation("eager"), traced.trace(**inputs):
+    with adapter.attention_implementation(REFERENCE), traced.trace(**inputs):
         for layer, path in enumerate(paths):
             weights = _envoy(traced, path).output[1]
             stats.append(

@@ -1,9 +1,11 @@
 """Native streaming engine: statistics computed inside the model's real SDPA / flash forward.
 
-A function registered with `transformers.AttentionInterface` replaces the language model's attention
-implementation only (the vision tower keeps its own). It calls the model's own attention function
-(`sdpa`, or the flash implementation the model was using) for the output, unchanged, and on the side
-computes `LayerStats` rows from the post-RoPE query and key it receives:
+For the duration of a forward, the model's own attention implementation (`sdpa`, `flash_attention_2` /
+`_3`, `flex_attention` or any registered one) is fronted, under its own name, in transformers'
+`AttentionInterface` by `streaming_attention_forward` (see `instrumented_attention`): the model's
+config, masks, kernel loading and dispatch stay exactly as they were. The function calls the wrapped
+implementation for the output, unchanged, and for the modules of probed stages (never the vision
+tower) computes `LayerStats` rows on the side from the post-RoPE query and key it receives:
 
 * queries are processed in blocks, and within a block one KV group (the query heads that share a key
   head) at a time: that group's probabilities (heads x q-block x keys) are formed in fp32 in one small
@@ -16,8 +18,9 @@ computes `LayerStats` rows from the post-RoPE query and key it receives:
   analyses.md, which give the same numbers; see `mass_by_sdpa` for the mass identity, used by tests).
 * keys beyond the last key any query of the block can see (causal mask) are skipped.
 * grouped-query attention is handled by grouping query heads per KV head (no repeat_kv copy of K).
-* the mask is the one the model passes (4D bool / additive float, 2D padding for flash, or None =
-  causal), so padding (role id -1, masked by the model) is handled exactly as the forward does.
+* the mask is the one the model passes (4D bool / additive float, 2D padding for flash, a flex
+  `BlockMask`, or None = causal), so padding (role id -1, masked by the model) is handled exactly as the
+  forward does.
 * with a KV cache the queries are the new tokens only: they sit at the end of the keys (positions
   Nk - Nq ... Nk - 1); rows are produced for them, keys beyond the known roles count as `response`.
 
@@ -29,23 +32,24 @@ from __future__ import annotations
 
 import contextvars
 import math
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
+from torch.nn.attention.flex_attention import BlockMask
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
-from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface, sdpa_mask
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from probe.adapters.base import Adapter, Prepared
 from probe.engines import register_engine
 from probe.errors import ProbeError
-from probe.intermediate import LayerStats, concat_sequences
+from probe.intermediate import LayerStats, concat_sequences, entropy_from_parts
+from probe.precision import full_fp32_matmul
 from probe.roles import StageRoles
 
-NATIVE = "probe_native"
 DEFAULT_BLOCK_BYTES = (
     4 * 2**20
 )  # fp32 scores of one query block for one KV group: small enough to stay in cache
@@ -57,7 +61,6 @@ class StreamingContext:
 
     roles: StageRoles
     device: torch.device
-    inner: Callable = sdpa_attention_forward
     per_head: bool = False
     grid_queries: Sequence[int] | None = None
     block_bytes: int = DEFAULT_BLOCK_BYTES
@@ -143,51 +146,72 @@ def collecting(
         _ACTIVE.reset(token)
 
 
-def streaming_attention_forward(module, query, key, value, attention_mask, *args, **kwargs):
-    """The model's own attention for the output; statistics on the side when a context is active."""
+def streaming_attention_forward(
+    module, query, key, value, attention_mask, *args, inner: Callable = sdpa_attention_forward, **kwargs
+):
+    """`inner` (the model's own attention) for the output; statistics on the side for probed modules."""
     route = _ACTIVE.get()
     context = route(module) if route is not None else None
-    inner = context.inner if context is not None else sdpa_attention_forward
     output = inner(module, query, key, value, attention_mask, *args, **kwargs)
     if context is not None:
         if kwargs.get("softcap") is not None or kwargs.get("s_aux") is not None:
             raise ProbeError(
                 "the native backend does not support attention soft-capping / sinks; use --backend eager"
             )
-        with torch.no_grad():
+        with torch.no_grad(), full_fp32_matmul():
             collect(
                 context, module, query, key, attention_mask, kwargs.get("scaling"), kwargs.get("is_causal")
             )
     return output
 
 
-# --- registration -------------------------------------------------------------------------------------
-_REGISTERED: dict[str, str] = {}
+# --- activation ---------------------------------------------------------------------------------------
+def _fronted(inner: Callable) -> Callable:
+    def forward(module, query, key, value, attention_mask, *args, **kwargs):
+        return streaming_attention_forward(
+            module, query, key, value, attention_mask, *args, inner=inner, **kwargs
+        )
+
+    return forward
 
 
-def implementation_for(previous: str | None) -> tuple[str, Callable]:
-    """Name of the streaming implementation wrapping `previous` (sdpa or a flash variant), and its inner fn.
+@contextmanager
+def instrumented_attention(adapter: Adapter) -> Iterator[str]:
+    """Front the model's own attention implementation with `streaming_attention_forward`; yields its name.
 
-    The mask function registered with it is the wrapped implementation's own, so the forward sees exactly
-    the mask (and therefore computes exactly the output) it would without instrumentation.
+    The implementation keeps its name, so transformers builds the same mask (a flex `BlockMask`, a flash
+    padding mask, ...) and loads the same kernels as without probe. Only this process's
+    `ALL_ATTENTION_FUNCTIONS` entry is replaced, and restored on exit; calls from modules that are not
+    probed (the vision tower) pass straight through. A model on eager attention has no entry to front
+    (its modules call their own eager function): it runs on SDPA instead, which is said once, never
+    done silently.
     """
-    if previous in (None, "sdpa", "eager") or previous not in ALL_ATTENTION_FUNCTIONS:
-        base, inner, mask = "sdpa", sdpa_attention_forward, sdpa_mask
-    else:
-        base, inner = previous, ALL_ATTENTION_FUNCTIONS[previous]
-        mask = ALL_MASK_ATTENTION_FUNCTIONS.get(previous, sdpa_mask)
-    name = NATIVE if base == "sdpa" else f"{NATIVE}_{base}"
-    if name not in _REGISTERED:
-        AttentionInterface.register(name, streaming_attention_forward)
-        AttentionMaskInterface.register(name, mask)
-        _REGISTERED[name] = base
-    return name, inner
+    name = adapter.current_attention()
+    if name in (None, "eager") or name not in ALL_ATTENTION_FUNCTIONS:
+        warnings.warn(
+            f"the native backend runs this model's language model on SDPA instead of its '{name}' attention "
+            "(the statistics are exact either way; use --backend eager to keep the eager forward)",
+            stacklevel=3,
+        )
+        with adapter.attention_implementation("sdpa"), instrumented_attention(adapter) as used:
+            yield used
+        return
+    inner = ALL_ATTENTION_FUNCTIONS[name]
+    overridden_locally = inner is not AttentionInterface().get(name)  # a fresh interface: global entries only
+    ALL_ATTENTION_FUNCTIONS[name] = _fronted(inner)
+    try:
+        yield name
+    finally:
+        if overridden_locally:
+            ALL_ATTENTION_FUNCTIONS[name] = inner
+        else:
+            del ALL_ATTENTION_FUNCTIONS[name]
 
 
 # --- the statistics -----------------------------------------------------------------------------------
 def _block_mask(mask, q_pos: torch.Tensor, q0: int, q1: int, n_keys: int, causal: bool):
     """(allowed [B|1, 1|H, Qb, K] bool, additive bias or None, K = keys to look at) for query rows q0:q1."""
-    if mask is None or mask.dim() == 2:
+    if mask is None or (not isinstance(mask, BlockMask) and mask.dim() == 2):
         k = min(n_keys, int(q_pos[-1]) + 1) if causal else n_keys
         keys = torch.arange(k, device=q_pos.device)
         allowed = (
@@ -199,7 +223,10 @@ def _block_mask(mask, q_pos: torch.Tensor, q0: int, q1: int, n_keys: int, causal
         if mask is not None:  # flash-style [B, Nk] padding mask, 1 = keep
             allowed = allowed & mask[:, None, None, :k].bool()
         return allowed, None, k
-    rows = mask[:, :, q0:q1, :]
+    if isinstance(mask, BlockMask):  # flex: evaluate its mask function on this block's (query, key) pairs
+        rows = _block_mask_rows(mask, q0, q1, n_keys)
+    else:
+        rows = mask[:, :, q0:q1, :]
     if rows.dtype == torch.bool:
         allowed, bias = rows, None
     else:
@@ -207,6 +234,19 @@ def _block_mask(mask, q_pos: torch.Tensor, q0: int, q1: int, n_keys: int, causal
     seen = allowed.flatten(0, 2).any(0).nonzero()
     k = int(seen[-1]) + 1 if len(seen) else 1
     return allowed[..., :k], (bias[..., :k].float() if bias is not None else None), k
+
+
+def _block_mask_rows(block_mask: BlockMask, q0: int, q1: int, n_keys: int) -> torch.Tensor:
+    """Rows q0:q1 of a flex `BlockMask` as a [B, 1|H, q1 - q0, n_keys] bool mask, from its `mask_mod`
+    (transformers' mask functions are plain tensor expressions, so they broadcast over index grids)."""
+    batch, heads = block_mask.shape[:2]
+    device = block_mask.kv_num_blocks.device
+    b = torch.arange(batch, device=device)[:, None, None, None]
+    h = torch.arange(heads, device=device)[None, :, None, None]
+    q = torch.arange(q0, q1, device=device)[None, None, :, None]
+    kv = torch.arange(n_keys, device=device)[None, None, None, :]
+    allowed = block_mask.mask_mod(b, h, q, kv)
+    return allowed.expand(batch, heads, q1 - q0, n_keys)
 
 
 def collect(
@@ -284,12 +324,12 @@ def collect(
         reduced = torch.matmul(both.view(bsz, 2 * nb, k), oh)  # [mass | sum p log p] per role, one matmul
         mass, plogp = reduced[:, :nb], reduced[:, nb:]
         parts["mass"].append(mass)
-        parts["entropy"].append(_entropy(mass, plogp))
+        parts["entropy"].append(entropy_from_parts(mass, plogp))
         parts["visible"].append(seen & (q_roles[:, q0:q1] >= 0).unsqueeze(-1))
         if context.per_head:
             h_mass_t, h_plogp_t = torch.cat(h_mass, 1), torch.cat(h_plogp, 1)
             parts["head_mass"].append(h_mass_t)
-            parts["head_entropy"].append(_entropy(h_mass_t, h_plogp_t))
+            parts["head_entropy"].append(entropy_from_parts(h_mass_t, h_plogp_t))
         for g in context.roles.grids:
             sel = [p - offset - q0 for p in grid_targets if offset + q0 <= p < offset + q1]
             if not sel:
@@ -314,13 +354,6 @@ def collect(
                 g.image_index, torch.zeros(bsz, 0, *g.positions.shape, device=query.device)
             )
     context.chunks.setdefault(int(module.layer_idx), []).append(chunk)
-
-
-def _entropy(mass: torch.Tensor, plogp: torch.Tensor) -> torch.Tensor:
-    """H_r = log m_r - (1 / m_r) sum_{j in r} p_j log p_j (nats), NaN where m_r == 0 (as the eager reference)."""
-    mass, plogp = mass.double(), plogp.double()
-    out = torch.where(mass > 0, mass.clamp_min(1e-300).log() - plogp / mass.clamp_min(1e-300), math.nan)
-    return out.float()
 
 
 def mass_by_sdpa(query: torch.Tensor, key: torch.Tensor, onehot: torch.Tensor, attn_mask=None, scale=None):
@@ -352,7 +385,6 @@ def run_native(
     """Statistics of every probed stage's attention (the LLM; LLaVA-Mini's pre-fusion too) from the real
     SDPA / flash forward. Each stage's modules collect into that stage's own context and roles."""
     inputs = {k: v.to(adapter.device) for k, v in prepared.inputs.items()}
-    name, inner = implementation_for(adapter.current_attention())
     contexts: dict[str, StreamingContext] = {}
     by_module: dict[torch.nn.Module, StreamingContext] = {}
     for stage in adapter.stages:
@@ -362,14 +394,13 @@ def run_native(
         contexts[stage] = StreamingContext(
             roles=roles,
             device=adapter.device,
-            inner=inner,
             per_head=per_head,
             grid_queries=grid_queries if stage == "llm" else None,
             block_bytes=block_bytes,
         )
         for module in adapter.attention_modules(stage):
             by_module[module] = contexts[stage]
-    with adapter.attention_implementation(name), collecting(by_module=by_module):
+    with instrumented_attention(adapter), collecting(by_module=by_module):
         adapter.forward(inputs)
     if not any(context.chunks for context in contexts.values()):
         raise ProbeError(
@@ -396,5 +427,5 @@ __all__ = [
     "streaming_attention_forward",
     "collecting",
     "StreamingContext",
-    "implementation_for",
+    "instrumented_attention",
 ]
