@@ -34,6 +34,10 @@ TWO = (
 )
 
 
+def llm_modules(adapter, context: StreamingContext) -> dict:
+    return {module: context for module in adapter.attention_modules("llm")}
+
+
 @pytest.fixture(scope="module")
 def one_image(tiny_llava):
     prepared = tiny_llava.adapter.prepare(make_sample(ONE[0], ONE[1], response=ONE[2]))
@@ -113,7 +117,7 @@ def test_native_does_not_change_the_forward(tiny_llava, one_image):
     with torch.no_grad():
         plain = adapter.forward(inputs, output_hidden_states=True)
         context = StreamingContext(roles=prepared.roles["llm"], device=adapter.device)
-        with instrumented_attention(adapter) as name, collecting(context):
+        with instrumented_attention(adapter) as name, collecting(llm_modules(adapter, context)):
             assert name == adapter.current_attention() == "sdpa"  # the model's own implementation, by name
             streamed = adapter.forward(inputs, output_hidden_states=True)
     assert len(context.chunks) == adapter.num_layers()
@@ -154,7 +158,7 @@ def test_native_kv_cache_rows(tiny_llava, one_image):
     inputs = dict(prepared.inputs)
     n, k = inputs["input_ids"].shape[-1], 3
     context = StreamingContext(roles=prepared.roles["llm"], device=adapter.device, per_head=True)
-    with torch.no_grad(), instrumented_attention(adapter), collecting(context):
+    with torch.no_grad(), instrumented_attention(adapter), collecting(llm_modules(adapter, context)):
         first = adapter.model(
             input_ids=inputs["input_ids"][:, : n - k],
             pixel_values=inputs["pixel_values"],
@@ -256,3 +260,27 @@ def test_token_limits_raise_probe_error(tiny_llava, one_image, monkeypatch):
     for backend in ("nnsight", "transformer-lens"):
         with pytest.raises(ProbeError, match="native"):
             get_engine(backend)(tiny_llava.adapter, prepared)
+
+
+@pytest.mark.parametrize("cache", ["dynamic", "static"])
+def test_native_rows_during_generation_with_each_cache(tiny_llava, cache):
+    """generate() with a static cache hands attention keys as long as the cache, not as what it holds:
+    the rows must still land on the generated tokens (checked against eager on the finished sequence)."""
+    adapter = tiny_llava.adapter
+    sample = make_sample("<image> What is shown?", ["skimage:astronaut"])
+    prompt = adapter.prepare(sample, response_ids=[])
+    inputs = {k: v.to(adapter.device) for k, v in prompt.inputs.items()}
+    context = StreamingContext(roles=prompt.roles["llm"], device=adapter.device)
+    extra = {"cache_implementation": "static"} if cache == "static" else {}
+    with torch.no_grad(), instrumented_attention(adapter), collecting(llm_modules(adapter, context)):
+        out = adapter.model.generate(
+            **inputs, max_new_tokens=4, min_new_tokens=4, do_sample=False, use_cache=True, **extra
+        )
+    generated = out[0, inputs["input_ids"].shape[1] :].tolist()
+    full = adapter.prepare(sample, response_ids=generated)
+    expected = get_engine("eager")(adapter, full)
+    got = context.layer_stats()
+    n_rows = full.inputs["input_ids"].shape[1] - 1  # the last generated token is never fed back
+    assert all(s.mass.shape[1] == n_rows for s in got)
+    # generated tokens are "response" to the context (beyond the prompt's roles), as in the finished run
+    assert_stats_close(expected, got, rows=slice(0, n_rows))

@@ -130,18 +130,13 @@ _ACTIVE: contextvars.ContextVar[Callable[[torch.nn.Module], StreamingContext | N
 
 
 @contextmanager
-def collecting(
-    context: StreamingContext | None = None,
-    by_module: dict[torch.nn.Module, StreamingContext] | None = None,
-) -> Iterator[StreamingContext | None]:
-    """Collect into `context` from every attention call, or into `by_module[module]` per stage."""
-    if by_module is not None:
-        table = {id(module): ctx for module, ctx in by_module.items()}
-        token = _ACTIVE.set(lambda module: table.get(id(module)))
-    else:
-        token = _ACTIVE.set(lambda module: context)
+def collecting(by_module: dict[torch.nn.Module, StreamingContext]) -> Iterator[None]:
+    """Collect the attention calls of each module in `by_module` into its context (one per stage); calls
+    of any other module (the vision tower shares the implementation) pass through untouched."""
+    table = {id(module): ctx for module, ctx in by_module.items()}
+    token = _ACTIVE.set(lambda module: table.get(id(module)))
     try:
-        yield context
+        yield
     finally:
         _ACTIVE.reset(token)
 
@@ -236,6 +231,24 @@ def _block_mask(mask, q_pos: torch.Tensor, q0: int, q1: int, n_keys: int, causal
     return allowed[..., :k], (bias[..., :k].float() if bias is not None else None), k
 
 
+def _query_offset(mask, n_q: int, n_keys: int, bottom_right: bool) -> int:
+    """Position of the first query among the keys. A dynamic KV cache holds exactly the keys so far, so the
+    queries are the last n_q; a static cache is longer than what it holds and only the mask knows where
+    they sit: the last key the last query may see is that query itself (causal attention). Without a
+    mask, causality is the kernel's: SDPA aligns it top-left (transformers drops the mask only when the
+    queries start the sequence), flash kernels bottom-right."""
+    if mask is None and n_q > 1 and not bottom_right:
+        return 0
+    if mask is None or (not isinstance(mask, BlockMask) and mask.dim() == 2):
+        return n_keys - n_q
+    last_row = (
+        _block_mask_rows(mask, n_q - 1, n_q, n_keys) if isinstance(mask, BlockMask) else mask[:, :, -1:]
+    )
+    allowed = last_row if last_row.dtype == torch.bool else last_row > torch.finfo(last_row.dtype).min / 2
+    seen = allowed.flatten(0, 2).any(0).nonzero()
+    return int(seen[-1]) - (n_q - 1) if len(seen) else n_keys - n_q
+
+
 def _block_mask_rows(block_mask: BlockMask, q0: int, q1: int, n_keys: int) -> torch.Tensor:
     """Rows q0:q1 of a flex `BlockMask` as a [B, 1|H, q1 - q0, n_keys] bool mask, from its `mask_mod`
     (transformers' mask functions are plain tensor expressions, so they broadcast over index grids)."""
@@ -263,12 +276,13 @@ def collect(
     groups = n_heads // n_kv
     scale = scaling if scaling is not None else dim**-0.5
     causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
-    offset = n_keys - n_q  # KV cache: the new queries are the last positions
+    flash = "flash" in str(getattr(getattr(module, "config", None), "_attn_implementation", ""))
+    offset = _query_offset(attention_mask, n_q, n_keys, bottom_right=flash)
     role_ids = context.role_ids(n_keys)
     onehot = context.onehot(n_keys)  # [B, Nk, R]
-    q_roles = role_ids[:, offset:]
+    q_roles = role_ids[:, offset : offset + n_q]
     k32 = key.float()
-    q_positions = torch.arange(offset, n_keys, device=query.device)
+    q_positions = torch.arange(offset, offset + n_q, device=query.device)
     grid_targets = context.grid_targets(context.roles.role_ids.shape[1]) if context.grids_wanted else []
 
     keys_per_block = max(1, min(n_keys, offset + n_q))
@@ -276,7 +290,7 @@ def collect(
     parts = {"mass": [], "entropy": [], "visible": [], "head_mass": [], "head_entropy": [], "grid": {}}
     plain_causal = causal and attention_mask is None  # the common case: no mask tensor, only causality
     if plain_causal:  # visibility straight from the roles: query i sees role r iff some key j <= i has it
-        seen_all = onehot.cumsum(1)[:, offset:] > 0
+        seen_all = onehot.cumsum(1)[:, offset : offset + n_q] > 0
     # Two buffers for all blocks (sized for the largest): one KV group's scores, and the head sum.
     rows = min(block, n_q)
     scores_buf = torch.empty(bsz * groups * rows * keys_per_block, device=query.device)
@@ -400,7 +414,7 @@ def run_native(
         )
         for module in adapter.attention_modules(stage):
             by_module[module] = contexts[stage]
-    with instrumented_attention(adapter), collecting(by_module=by_module):
+    with instrumented_attention(adapter), collecting(by_module):
         adapter.forward(inputs)
     if not any(context.chunks for context in contexts.values()):
         raise ProbeError(
