@@ -29,6 +29,7 @@ _SENTINEL = "\u2063PROBE_USER_CONTENT\u2063"
 class LlavaMiniAdapter(Adapter):
     family = "llava_mini"
     stages = ("llm", "prefusion")
+    forward_order = ("prefusion", "llm")
 
     def __init__(self, model, processor) -> None:
         super().__init__(model, processor)

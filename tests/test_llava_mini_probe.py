@@ -91,13 +91,16 @@ def assert_same_stats(a_list, b_list):
         assert torch.equal(a.visible, b.visible)
 
 
-def test_native_engine_matches_eager_on_both_stages(tiny_mini, tmp_path):
+@pytest.mark.parametrize("backend", ["native", "nnsight"])
+def test_backend_matches_eager_on_both_stages(tiny_mini, tmp_path, backend):
     from probe.engines import get_engine
 
     adapter = tiny_mini.adapter
     sample = make_sample("<image> What is shown?", ["skimage:astronaut"], response="A person.")
     prepared = adapter.prepare(sample)
-    assert_same_stats(get_engine("native")(adapter, prepared), get_engine("eager")(adapter, prepared))
+    got = get_engine(backend)(adapter, prepared)
+    assert {s.stage for s in got} == {"llm", "prefusion"}
+    assert_same_stats(got, get_engine("eager")(adapter, prepared))
     # video: the pre-fusion stage runs one sequence per frame
     folder = tmp_path / "frames"
     folder.mkdir()
@@ -107,7 +110,7 @@ def test_native_engine_matches_eager_on_both_stages(tiny_mini, tmp_path):
         sample_id="v", prompt="<image> What changes?", image_sources=[str(folder)], response="Colour."
     )
     prepared = adapter.prepare(video)
-    assert_same_stats(get_engine("native")(adapter, prepared), get_engine("eager")(adapter, prepared))
+    assert_same_stats(get_engine(backend)(adapter, prepared), get_engine("eager")(adapter, prepared))
 
 
 def test_cli_probes_a_video_folder_and_rejects_video_for_image_models(tiny_mini, tmp_path, capsys):

@@ -44,6 +44,11 @@ class Adapter(ABC):
     family: str = ""
     stages: tuple[str, ...] = ("llm",)
 
+    @property
+    def forward_order(self) -> tuple[str, ...]:
+        """The stages in the order the forward runs them (tracing libraries read outputs in that order)."""
+        return self.stages
+
     def __init__(self, model: torch.nn.Module, processor) -> None:
         self.model = model
         self.processor = processor

@@ -1,4 +1,5 @@
-"""nnsight engine: trace the HF model with `nnsight.NNsight` and read each text layer's attention weights.
+"""nnsight engine: trace the model with `nnsight.NNsight` and read the attention weights of every probed layer
+(the LLM; LLaVA-Mini's pre-fusion layers too, in the order the forward runs them).
 
 The language model runs with the reference attention (eager's output, fp32 probabilities); the
 `attn_weights` output of every text layer's attention module is turned into `LayerStats` inside the
@@ -14,7 +15,7 @@ from probe.adapters.base import Adapter, Prepared
 from probe.engines import grid_unsupported, register_engine
 from probe.engines.reference import REFERENCE
 from probe.errors import ProbeError
-from probe.intermediate import LayerStats, stats_from_probabilities
+from probe.intermediate import LayerStats, concat_sequences, stats_from_probabilities
 
 MAX_TOKENS = 32768  # eager probabilities of one layer: heads x N^2 floats; beyond this use --backend native
 
@@ -40,26 +41,33 @@ def run_nnsight(
         raise grid_unsupported("nnsight")
     from nnsight import NNsight
 
-    roles = prepared.roles["llm"]
     n_tokens = int(prepared.inputs["input_ids"].shape[-1])
     if n_tokens > MAX_TOKENS:
         raise ProbeError(
             f"the nnsight backend reads eager attention probabilities (heads x N^2 per layer); {n_tokens} tokens "
             f"is more than it supports ({MAX_TOKENS}): use --backend native"
         )
-    paths = [_module_path(adapter.model, m) for m in adapter.attention_modules("llm")]
+    # every probed stage (LLaVA-Mini: pre-fusion too), read in the order the forward runs its layers
+    layers = [
+        (stage, layer, _module_path(adapter.model, module))
+        for stage in adapter.forward_order
+        for layer, module in enumerate(adapter.attention_modules(stage))
+    ]
     inputs = {k: v.to(adapter.device) for k, v in prepared.inputs.items()}
     traced = NNsight(adapter.model)
     stats: list[LayerStats] = []
     with adapter.attention_implementation(REFERENCE), traced.trace(**inputs):
-        for layer, path in enumerate(paths):
+        for stage, layer, path in layers:
             weights = _envoy(traced, path).output[1]
-            stats.append(
-                stats_from_probabilities("llm", layer, weights.float().cpu(), roles, per_head=per_head)
+            per_sequence = prepared.sequence_roles.get(stage)
+            roles = per_sequence if per_sequence is not None else prepared.roles[stage]
+            layer_stats = stats_from_probabilities(
+                stage, layer, weights.float().cpu(), roles, per_head=per_head
             )
-    if len(stats) != len(paths):
+            stats.append(concat_sequences(layer_stats) if per_sequence is not None else layer_stats)
+    if len(stats) != len(layers):
         raise ProbeError("nnsight returned no attention weights: the model's attention does not expose them")
-    return stats
+    return sorted(stats, key=lambda s: (adapter.stages.index(s.stage), s.layer))
 
 
 register_engine("nnsight", run_nnsight)

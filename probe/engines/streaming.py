@@ -232,21 +232,27 @@ def _block_mask(mask, q_pos: torch.Tensor, q0: int, q1: int, n_keys: int, causal
 
 
 def _query_offset(mask, n_q: int, n_keys: int, bottom_right: bool) -> int:
-    """Position of the first query among the keys. A dynamic KV cache holds exactly the keys so far, so the
-    queries are the last n_q; a static cache is longer than what it holds and only the mask knows where
-    they sit: the last key the last query may see is that query itself (causal attention). Without a
-    mask, causality is the kernel's: SDPA aligns it top-left (transformers drops the mask only when the
-    queries start the sequence), flash kernels bottom-right."""
+    """Position of the first query among the keys. Without a cache the queries are the keys. A dynamic KV
+    cache holds exactly the keys so far, so the queries are the last n_q; a static cache is longer than
+    what it holds and only the mask knows where they sit: a query sees itself as its last key (causal),
+    unless it is padding, so the largest (last visible key - row) over the last rows is the offset.
+    Without a mask, causality is the kernel's: SDPA aligns it top-left (transformers drops the mask only
+    when the queries start the sequence), flash kernels bottom-right."""
+    if n_q == n_keys:
+        return 0
     if mask is None and n_q > 1 and not bottom_right:
         return 0
     if mask is None or (not isinstance(mask, BlockMask) and mask.dim() == 2):
         return n_keys - n_q
-    last_row = (
-        _block_mask_rows(mask, n_q - 1, n_q, n_keys) if isinstance(mask, BlockMask) else mask[:, :, -1:]
-    )
-    allowed = last_row if last_row.dtype == torch.bool else last_row > torch.finfo(last_row.dtype).min / 2
-    seen = allowed.flatten(0, 2).any(0).nonzero()
-    return int(seen[-1]) - (n_q - 1) if len(seen) else n_keys - n_q
+    first = max(0, n_q - 64)
+    rows = _block_mask_rows(mask, first, n_q, n_keys) if isinstance(mask, BlockMask) else mask[:, :, first:]
+    allowed = rows if rows.dtype == torch.bool else rows > torch.finfo(rows.dtype).min / 2
+    allowed = allowed.any(1).any(0)  # [rows, keys]
+    keys = torch.arange(n_keys, device=allowed.device)
+    last_seen = torch.where(allowed, keys, -1).max(-1).values  # -1: a row that sees nothing
+    shift = last_seen - torch.arange(first, n_q, device=allowed.device)
+    best = int(shift[last_seen >= 0].max()) if bool((last_seen >= 0).any()) else n_keys - n_q
+    return min(max(best, 0), n_keys - n_q)
 
 
 def _block_mask_rows(block_mask: BlockMask, q0: int, q1: int, n_keys: int) -> torch.Tensor:
