@@ -50,6 +50,13 @@ class LlavaMiniAdapter(Adapter):
             len(sources) != 1 or sample.prompt.count(IMAGE_SLOT) != 1
         ):
             raise ProbeError("LLaVA-Mini takes one video (file or folder of frames) with one <image> slot")
+        if len(sources) > 1:
+            # the model would pre-fuse the text with each image and average it, as for video frames: not the
+            # release's behaviour for images, so not something to measure silently
+            raise ProbeError(
+                f"LLaVA-Mini takes one image or one video per prompt (as the release), got {len(sources)} images; "
+                "to compare several stills as a video, put them in a folder of frames"
+            )
 
     def load_visual(self, sample: Sample) -> tuple[list, bool]:
         """-> (images or frames, is_video)."""
@@ -80,6 +87,12 @@ class LlavaMiniAdapter(Adapter):
             response_ids = self.encode_response(sample.response)
         response_ids = list(response_ids or [])
         ids = prompt_ids + response_ids
+        limit = self.config.tokenizer_model_max_length
+        if limit is not None and len(ids) > limit:
+            raise ProbeError(
+                f"the sequence is {len(ids)} tokens, longer than this model's tokenizer_model_max_length ({limit}); "
+                "the release truncates there: shorten the prompt or the response"
+            )
         inputs = {
             "input_ids": torch.tensor([ids]),
             "attention_mask": torch.ones(1, len(ids), dtype=torch.long),

@@ -32,6 +32,7 @@ class LlavaMiniConfig(LlamaConfig):
     mm_vision_select_layer: int = -2
     mm_vision_select_feature: str = "patch"
     image_aspect_ratio: str = "pad"
+    tokenizer_model_max_length: int | None = None  # the release's token limit for a whole sequence (2048)
     # --- ours ----------------------------------------------------------------------------------------
     compression_kind: Literal["query", "pool"] = "query"
     compressor_heads: int = 8

@@ -6,6 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
+from probe.errors import ProbeError
 from probe.inputs import Sample, make_sample
 
 
@@ -197,3 +198,19 @@ def test_cli_compression_map_and_its_errors(tiny_mini, tmp_path, capsys):
         str(tmp_path / "y.png"),
     )
     assert code == 2 and "has no compressor" in err
+
+
+def test_several_images_and_over_long_sequences_are_refused_in_one_line(tiny_mini):
+    adapter = tiny_mini.adapter
+    two = make_sample("<image> and <image>?", ["skimage:astronaut", "skimage:coffee"])
+    with pytest.raises(ProbeError, match="one image or one video per prompt"):
+        adapter.validate(two)
+    sample = make_sample("<image> What is shown?", ["skimage:astronaut"], response="A person.")
+    length = adapter.prepare(sample).inputs["input_ids"].shape[1]
+    adapter.config.tokenizer_model_max_length = length - 1
+    try:
+        with pytest.raises(ProbeError, match=f"{length} tokens, longer than .*\\({length - 1}\\)"):
+            adapter.prepare(sample)
+    finally:
+        adapter.config.tokenizer_model_max_length = None
+    assert adapter.prepare(sample).inputs["input_ids"].shape[1] == length
