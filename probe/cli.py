@@ -61,7 +61,7 @@ def _default_out(model: str) -> Path:
     metavar="SPEC",
     help="Also write the attention of these query tokens onto each image's patch grid (grid.parquet, grid.png; "
     "paper Fig. 4): comma list of token positions (negative = from the end, -1 = last) and/or roles "
-    "'instruction', 'response'. Backends native and eager.",
+    "'instruction', 'last' (the last prompt token), 'response'. Backends native and eager.",
 )
 @click.option(
     "--out", type=click.Path(path_type=Path), help="Run directory [default: runs/<model>-attention]."

@@ -91,7 +91,7 @@ def test_role_selectors_pick_exactly_their_tokens(tiny_llava, two_images):
     assert instruction == [p for p in range(prepared.prompt_length) if int(ids[p]) != image_token]
     picked = native.drop_duplicates("query").set_index("query")["query_role"]
     assert set(picked[response]) == {"response"}
-    assert set(picked[instruction]) <= {"system", "instruction"}
+    assert set(picked[instruction]) <= {"system", "instruction", "last"}
 
 
 def test_negative_positions_count_from_the_end(two_images):
