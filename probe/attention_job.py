@@ -52,6 +52,8 @@ class AttentionOptions:
     generate: int | None = None
     seed: int = 0
     groupings: tuple[str, ...] = ("paper", "fine")
+    # which dataset key was teacher-forced as the response (probe.inputs.RESPONSE_FROM); None: not a dataset
+    response_from: str | None = None
     # attention onto the image grid (paper Fig. 4): query selectors (positions / role names, see probe.grid);
     # a spec string such as "-1,response" is parsed
     grid_queries: tuple[Selector, ...] | None = None
@@ -88,7 +90,7 @@ def check_grid_options(options: AttentionOptions, samples: list[Sample]) -> None
             if not sample.response:
                 raise ProbeError(
                     f"--grid-queries 'response': sample '{sample.sample_id}' has no response; give --response, "
-                    "--generate N or a 'response' in each dataset line"
+                    "--generate N, a 'response' in each dataset line or --response-from answer"
                 )
 
 
@@ -127,12 +129,14 @@ def probe_sample(loaded: LoadedModel, sample: Sample, options: AttentionOptions)
         grid.insert(0, "model", loaded.name)
     response_text = sample.response
     if prepared.response_ids and tokenizer is not None:
-        response_text = tokenizer.decode(prepared.response_ids, skip_special_tokens=True)
+        # every response token, special ones included, so the text says what the model was fed
+        response_text = tokenizer.decode(prepared.response_ids)
     info = {
         "sample": sample.sample_id,
         "images": ";".join(sample.image_sources),
         "prompt": sample.prompt,
-        "response": response_text,
+        "response": visible(response_text),
+        "response_ids": " ".join(str(int(t)) for t in prepared.response_ids),
         "answer": sample.answer,
         "n_tokens": int(prepared.inputs["input_ids"].shape[-1]),
         "n_prompt_tokens": prepared.prompt_length,
@@ -141,6 +145,28 @@ def probe_sample(loaded: LoadedModel, sample: Sample, options: AttentionOptions)
     if positions is not None:
         info["grid_queries"] = " ".join(str(p) for p in positions)
     return SampleResult(table, info, grid)
+
+
+def visible(text: str | None) -> str | None:
+    """`text` with non-printable characters as backslash escapes (a random model's form feeds looked like
+    an empty response in samples.csv); `response_ids` keeps the exact tokens."""
+    if text is None:
+        return None
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
+def response_summary(infos: list[dict], options: AttentionOptions) -> dict:
+    """Where the response role came from and how many samples have one (a run without any has no
+    response rows, so the response panels of the figures are missing)."""
+    with_response = sum(1 for info in infos if info["n_response_tokens"] > 0)
+    source = "generate" if options.generate else options.response_from or "--response"
+    summary = {"from": source, "samples_with_response": with_response, "n_samples": len(infos)}
+    if with_response == 0:
+        summary["note"] = (
+            "no sample has response tokens, so the tables have no response role: teacher-force a "
+            "dataset's answers with --response-from answer, or use --generate N / --response"
+        )
+    return summary
 
 
 def manifest_for(loaded: LoadedModel, options: AttentionOptions, samples: list[Sample]) -> dict:
@@ -162,6 +188,7 @@ def manifest_for(loaded: LoadedModel, options: AttentionOptions, samples: list[S
             "generate": options.generate,
             "seed": options.seed,
             "groupings": list(options.groupings),
+            "response_from": options.response_from,
             "grid_queries": format_grid_queries(options.grid_queries) if options.grid_queries else None,
             **options.extra,
         },
@@ -276,6 +303,9 @@ def run_attention(
         [pd.read_parquet(parts / f"{k:07d}.parquet") for k in range(len(samples))], ignore_index=True
     )
     infos = [json.loads((parts / f"{k:07d}.json").read_text()) for k in range(len(samples))]
+    manifest["response"] = response_summary(infos, options)
+    if "note" in manifest["response"]:
+        print(f"note: {manifest['response']['note']}")
     grid = None
     if options.grid_queries:
         grid = to_grid_table([pd.read_parquet(parts / f"{k:07d}.grid.parquet") for k in range(len(samples))])

@@ -46,6 +46,12 @@ def _default_out(model: str) -> Path:
 )
 @click.option("--limit", type=click.IntRange(min=1), help="Use only the first N dataset samples.")
 @click.option(
+    "--response-from",
+    type=click.Choice(["response", "answer", "none"]),
+    help="Which key of each dataset line to teacher-force as the response [default: response, where a "
+    "line has one]: 'answer' forces the dataset's answers, 'none' probes the prompts only.",
+)
+@click.option(
     "--backend",
     default="native",
     show_default=True,
@@ -83,6 +89,7 @@ def attention_command(
     generate,
     dataset,
     limit,
+    response_from,
     backend,
     per_head,
     grid_spec,
@@ -101,18 +108,30 @@ def attention_command(
 
     if response and generate:
         raise ProbeError("use either --response or --generate, not both")
+    if response_from and dataset is None:
+        raise ProbeError(
+            "--response-from picks a key of each --dataset line; without --dataset use --response"
+        )
+    if response_from and generate:
+        raise ProbeError("use either --response-from or --generate, not both")
     grid_queries = parse_grid_queries(grid_spec) if grid_spec is not None else None
     if dataset is not None:
         if images or prompt:
             raise ProbeError("use either --dataset or --image/--prompt, not both")
-        samples = read_dataset(dataset)[:limit]
+        response_from = response_from or "response"
+        samples = read_dataset(dataset, response_from)[:limit]
     else:
         if not images or prompt is None:
             raise ProbeError("give --image and --prompt (or --dataset)")
         samples = [make_sample(prompt, list(images), response=response)]
     get_engine(backend)
     options = AttentionOptions(
-        backend=backend, per_head=per_head, generate=generate, seed=seed, grid_queries=grid_queries
+        backend=backend,
+        per_head=per_head,
+        generate=generate,
+        seed=seed,
+        grid_queries=grid_queries,
+        response_from=response_from,
     )
     check_grid_options(options, samples)  # before the model loads
     loaded = load(model_name, device=device, dtype=dtype)
