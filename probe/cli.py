@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import signal
 import sys
 from pathlib import Path
 
@@ -140,7 +141,7 @@ def attention_command(
     layers = ", ".join(
         f"{n} {stage}" for stage, n in table.groupby("stage", sort=False)["layer"].nunique().items()
     )
-    click.echo(f"wrote {len(table)} rows ({len(samples)} sample(s); layers: {layers}) to {out}/")
+    click.echo(f"{out}/: {len(table)} rows ({len(samples)} sample(s); layers: {layers})")
     if grid_queries:
         click.echo(f"attention onto the image grid: {out}/grid.parquet, {out}/grid.png")
 
@@ -284,25 +285,43 @@ def organism_ship_command(source, name) -> None:
     click.echo(f"shipped to {ship(final, name)}")
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler's kill, `kill PID`), raised where the program is so it stops like Ctrl-C:
+    finished samples are on disk, temporary files are removed, and the same command resumes."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated()
+
+
+INTERRUPTED = "interrupted: rerun the same command to resume"
+
+
 def main() -> None:
     """Entry point: user errors are one line on stderr and exit code 2, never a traceback."""
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # our own progress bars are the ones that matter
     try:
+        previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    except ValueError:  # not the main thread: leave signals alone
+        previous = None
+    try:
         cli.main(standalone_mode=False)
     except ProbeError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
-    except click.exceptions.Abort:
-        click.echo("interrupted: rerun the same command to resume", err=True)
-        sys.exit(130)
+    except (click.exceptions.Abort, KeyboardInterrupt) as exc:
+        # click turns a KeyboardInterrupt (Terminated included) into Abort, keeping it as the cause
+        terminated = isinstance(exc, Terminated) or isinstance(exc.__cause__, Terminated)
+        click.echo(INTERRUPTED, err=True)
+        sys.exit(128 + signal.SIGTERM if terminated else 130)
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        click.echo("interrupted: rerun the same command to resume", err=True)
-        sys.exit(130)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":
