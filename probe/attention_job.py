@@ -38,9 +38,10 @@ from probe.grid import (
     to_grid_table,
 )
 from probe.inputs import Sample
+from probe.provenance import run_provenance
 from probe.results import atomic_write, read_table, versions, write_json, write_table
 from probe.stats import average_over_samples, layer_rows, to_table
-from probe.zoo import LoadedModel
+from probe.zoo import LoadedModel, probe_home
 
 PARTS = ".parts"
 
@@ -330,6 +331,9 @@ def run_attention(
     options: AttentionOptions,
     overwrite: bool = False,
     progress: bool = True,
+    dataset: Path | None = None,
+    limit: int | None = None,
+    command: str | None = None,
 ) -> pd.DataFrame:
     """Probe every sample (resuming finished ones), then write the table, summary, manifest and figures.
 
@@ -337,6 +341,7 @@ def run_attention(
     with grid queries) and last its attention rows (.parquet), whose presence marks the sample done; the parts
     stay after the run, so a larger --limit later computes only the new samples. A ProbeError before any
     sample is done leaves no trace of the run (no new directory). Rerunning a finished run returns its table.
+    `dataset`, `limit` and `command` (the command line) are recorded in the manifest's provenance.
     """
     for sample in samples:
         loaded.adapter.validate(sample)
@@ -384,6 +389,9 @@ def run_attention(
     grid = None
     if options.grid_queries:
         grid = to_grid_table([pd.read_parquet(parts / f"{k:07d}.grid.parquet") for k in range(len(samples))])
+    manifest["provenance"] = run_provenance(
+        loaded.source, loaded.revision, probe_home(), dataset=dataset, limit=limit, command=command
+    )
     finish_run(out_dir, table, pd.DataFrame(infos), manifest, grid=grid)
     return table
 

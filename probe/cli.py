@@ -105,6 +105,7 @@ def attention_command(
     from probe.engines import get_engine
     from probe.grid import parse_grid_queries
     from probe.inputs import make_sample, read_dataset
+    from probe.provenance import command_line
     from probe.zoo import load
 
     if response and generate:
@@ -137,7 +138,16 @@ def attention_command(
     check_grid_options(options, samples)  # before the model loads
     loaded = load(model_name, device=device, dtype=dtype)
     out = out or _default_out(model_name)
-    table = run_attention(loaded, samples, out, options, overwrite=overwrite)
+    table = run_attention(
+        loaded,
+        samples,
+        out,
+        options,
+        overwrite=overwrite,
+        dataset=dataset,
+        limit=limit,
+        command=command_line(),
+    )
     layers = ", ".join(
         f"{n} {stage}" for stage, n in table.groupby("stage", sort=False)["layer"].nunique().items()
     )
