@@ -301,8 +301,8 @@ def prepare_run_dir(out_dir: Path, manifest: dict, samples: list[Sample], overwr
         n_old = int(old.get("n_samples", 0))
         if len(samples) <= n_old or not (parts / SETTINGS_FILE).is_file():
             raise ProbeError(
-                f"{out_dir} holds a finished run of {n_old} sample(s) and this command gives {len(samples)} "
-                "other or fewer; pass --overwrite or choose another --out"
+                f"{out_dir} holds a finished run of {n_old} sample(s); this command's {len(samples)} are fewer "
+                "or other ones (only a longer --limit extends a run); pass --overwrite or choose another --out"
             )
         _check_finished_parts(out_dir, parts, samples)
         finished.unlink()  # from here on the directory holds an unfinished (longer) run
