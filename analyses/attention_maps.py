@@ -8,7 +8,7 @@ scale (as in the paper), optionally laid over the picture.
 In a notebook:
 
     from analyses.attention_maps import plot_run_grid
-    fig = plot_run_grid("runs/demo", layers=[0, 8, 16, 24, 31])
+    fig = plot_run_grid("runs/demo", layers=[0, 2, 5])  # LLaVA-v1.5-7B: e.g. [0, 8, 16, 24, 31]
 """
 
 from __future__ import annotations
@@ -35,6 +35,21 @@ def pick_layers(available: Sequence[int], n: int = 6) -> list[int]:
         return available
     idx = np.unique(np.round(np.linspace(0, len(available) - 1, n)).astype(int))
     return [available[i] for i in idx]
+
+
+def check_layers(layers: Sequence[int], available: Sequence[int]) -> None:
+    """Asking for layers a model does not have (the paper's [0, 8, 16, 31] on a 6-layer model) is an error
+    naming the valid range, not a figure with panels quietly dropped."""
+    from probe.errors import ProbeError
+
+    have = sorted(int(x) for x in available)
+    missing = [int(x) for x in layers if int(x) not in set(have)]
+    if missing:
+        span = f"{have[0]}..{have[-1]}" if have == list(range(have[0], have[-1] + 1)) else str(have)
+        raise ProbeError(
+            f"layer(s) {missing} are not in the grid table: it has layers {span} (0-based); "
+            "pass layers in that range, or none for an even spread"
+        )
 
 
 def select_queries(
@@ -165,13 +180,10 @@ def plot_grid_attention(
     sample = str(rows["sample"].iloc[0])
     images = sorted(set(rows["image"])) if images is None else list(images)
     layers = pick_layers(rows["layer"], n_layers) if layers is None else [int(x) for x in layers]
+    check_layers(layers, set(rows["layer"]))
     computed = {k: _grid_maps(rows, k) for k in images}
     maps = {k: m for k, (m, _) in computed.items()}
     row_label = {k: f"image {k} ({n} quer{'y' if n == 1 else 'ies'})" for k, (_, n) in computed.items()}
-    for k in images:
-        missing = [x for x in layers if x not in maps[k]]
-        if missing:
-            raise ValueError(f"the grid table has no layer(s) {missing} (it has {sorted(maps[k])})")
     loaded = {
         k: _load_picture(pictures[k]) if pictures is not None and k < len(pictures) else None for k in images
     }

@@ -1,7 +1,8 @@
 """probe adapter for LLaVA-Mini: two stages of attention layers.
 
 - stage "llm": the LLM's sequence. Roles: `system` (template prefix), `image:K` (the C^2 compressed
-  tokens of image / frame K), `instruction` (the user's prompt tokens, all pre-fused), `response`.
+  tokens of image / frame K), `instruction` (the user's prompt tokens, all pre-fused), `last` (the last
+  prompt token, which predicts the first response token; see probe.roles), `response`.
 - stage "prefusion": the pre-fusion layers, run once per image / frame over
   [global vision tokens (n^2 x 576 crop tokens first at high resolution), C^2 compressed, text].
   Roles: `global:K`, `compressed:K`, `text` (the prompt's tokens; response tokens are not pre-fused and
@@ -20,7 +21,7 @@ from probe.adapters.base import Adapter, Prepared, common_prefix_length
 from probe.adapters.llava import prompt_to_content
 from probe.errors import ProbeError
 from probe.inputs import IMAGE_SLOT, Sample
-from probe.roles import ImageGrid, StageRoles, spans_to_role_ids
+from probe.roles import ImageGrid, StageRoles, spans_to_role_ids, text_labels, text_spans
 from probe.video import is_video_source, load_video_frames
 
 _SENTINEL = "\u2063PROBE_USER_CONTENT\u2063"
@@ -116,12 +117,8 @@ class LlavaMiniAdapter(Adapter):
         image_positions = [i for i, t in enumerate(prompt_ids) if t == self.config.image_token_index]
         first_image = image_positions[0] if image_positions else len(prompt_ids)
         n_system = min(self.system_prefix_length(prompt_ids), first_image)
-        labels = ["system"] + [f"image:{k}" for k in range(n_frames)] + ["instruction", "response"]
-        spans = [
-            ("system", 0, n_system),
-            ("instruction", n_system, len(prompt_ids)),
-            ("response", len(prompt_ids), length),
-        ]
+        labels = text_labels(n_frames)
+        spans = text_spans(n_system, len(prompt_ids), length)
         for k in range(n_frames):
             for p in image_positions[k * self.per_frame : (k + 1) * self.per_frame]:
                 spans.append((f"image:{k}", p, p + 1))

@@ -26,8 +26,11 @@ def attention(
     backend: str = "native",
     per_head: bool = False,
     generate: int | None = None,
+    response_from: str = "response",
 ):
-    """Tidy per-layer attention table for one image + prompt, or a JSONL dataset (nothing written)."""
+    """Tidy per-layer attention table for one image + prompt, or a JSONL dataset (nothing written).
+
+    `response_from` picks the dataset key teacher-forced as the response: response, answer or none."""
     import pandas as pd
 
     from probe.attention_job import AttentionOptions, probe_sample
@@ -37,7 +40,7 @@ def attention(
     globals()["attention"] = _attention_api
 
     if dataset is not None:
-        samples = read_dataset(dataset)
+        samples = read_dataset(dataset, response_from)
     else:
         images = [image] if isinstance(image, str) else list(image or [])
         samples = [make_sample(prompt or "", images, response=response)]

@@ -9,8 +9,8 @@ A run directory holds:
     grid.parquet / .csv        with --grid-queries: attention of the chosen query tokens onto each image's
     grid.png                   patch grid, one row per sample x stage x layer x image x query x row x col,
                                and its heat maps (paper Fig. 4) for the first sample
-Finished samples are kept in `.parts/` until the run completes, so an interrupted run resumes where
-it stopped without redoing or duplicating work.
+Finished samples are kept in `.parts/` (also after the run completes), so an interrupted run resumes
+where it stopped without redoing or duplicating work, and a larger --limit computes only the new samples.
 """
 
 from __future__ import annotations
@@ -38,9 +38,10 @@ from probe.grid import (
     to_grid_table,
 )
 from probe.inputs import Sample
+from probe.provenance import run_provenance
 from probe.results import atomic_write, read_table, versions, write_json, write_table
 from probe.stats import average_over_samples, layer_rows, to_table
-from probe.zoo import LoadedModel
+from probe.zoo import LoadedModel, probe_home
 
 PARTS = ".parts"
 
@@ -52,6 +53,8 @@ class AttentionOptions:
     generate: int | None = None
     seed: int = 0
     groupings: tuple[str, ...] = ("paper", "fine")
+    # which dataset key was teacher-forced as the response (probe.inputs.RESPONSE_FROM); None: not a dataset
+    response_from: str | None = None
     # attention onto the image grid (paper Fig. 4): query selectors (positions / role names, see probe.grid);
     # a spec string such as "-1,response" is parsed
     grid_queries: tuple[Selector, ...] | None = None
@@ -88,7 +91,7 @@ def check_grid_options(options: AttentionOptions, samples: list[Sample]) -> None
             if not sample.response:
                 raise ProbeError(
                     f"--grid-queries 'response': sample '{sample.sample_id}' has no response; give --response, "
-                    "--generate N or a 'response' in each dataset line"
+                    "--generate N, a 'response' in each dataset line or --response-from answer"
                 )
 
 
@@ -127,12 +130,14 @@ def probe_sample(loaded: LoadedModel, sample: Sample, options: AttentionOptions)
         grid.insert(0, "model", loaded.name)
     response_text = sample.response
     if prepared.response_ids and tokenizer is not None:
-        response_text = tokenizer.decode(prepared.response_ids, skip_special_tokens=True)
+        # every response token, special ones included, so the text says what the model was fed
+        response_text = tokenizer.decode(prepared.response_ids)
     info = {
         "sample": sample.sample_id,
         "images": ";".join(sample.image_sources),
         "prompt": sample.prompt,
-        "response": response_text,
+        "response": visible(response_text),
+        "response_ids": " ".join(str(int(t)) for t in prepared.response_ids),
         "answer": sample.answer,
         "n_tokens": int(prepared.inputs["input_ids"].shape[-1]),
         "n_prompt_tokens": prepared.prompt_length,
@@ -141,6 +146,28 @@ def probe_sample(loaded: LoadedModel, sample: Sample, options: AttentionOptions)
     if positions is not None:
         info["grid_queries"] = " ".join(str(p) for p in positions)
     return SampleResult(table, info, grid)
+
+
+def visible(text: str | None) -> str | None:
+    """`text` with non-printable characters as backslash escapes (a random model's form feeds looked like
+    an empty response in samples.csv); `response_ids` keeps the exact tokens."""
+    if text is None:
+        return None
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
+def response_summary(infos: list[dict], options: AttentionOptions) -> dict:
+    """Where the response role came from and how many samples have one (a run without any has no
+    response rows, so the response panels of the figures are missing)."""
+    with_response = sum(1 for info in infos if info["n_response_tokens"] > 0)
+    source = "generate" if options.generate else options.response_from or "--response"
+    summary = {"from": source, "samples_with_response": with_response, "n_samples": len(infos)}
+    if with_response == 0:
+        summary["note"] = (
+            "no sample has response tokens, so the tables have no response role: teacher-force a "
+            "dataset's answers with --response-from answer, or use --generate N / --response"
+        )
+    return summary
 
 
 def manifest_for(loaded: LoadedModel, options: AttentionOptions, samples: list[Sample]) -> dict:
@@ -155,13 +182,14 @@ def manifest_for(loaded: LoadedModel, options: AttentionOptions, samples: list[S
         },
         "model_config": config,
         "device": str(loaded.adapter.device),
-        "dtype": str(next(loaded.model.parameters()).dtype),
+        "dtype": str(next(loaded.model.parameters()).dtype).removeprefix("torch."),
         "options": {
             "backend": options.backend,
             "per_head": options.per_head,
             "generate": options.generate,
             "seed": options.seed,
             "groupings": list(options.groupings),
+            "response_from": options.response_from,
             "grid_queries": format_grid_queries(options.grid_queries) if options.grid_queries else None,
             **options.extra,
         },
@@ -191,41 +219,108 @@ def _fingerprint(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _resume_key(manifest: dict) -> str:
-    keep = {k: manifest[k] for k in ("model", "options", "n_samples", "samples_fingerprint", "dtype")}
-    return _fingerprint(keep)
+# What must match for finished samples to be reused: the model, the options and the dtype. The samples
+# themselves are matched one by one (fingerprint per sample), so a longer --limit extends a run.
+RUN_SETTINGS = ("model", "options", "dtype")
+SETTINGS_FILE = "settings.json"
+RUN_OUTPUTS = (
+    "manifest.json",
+    "attention.parquet",
+    "attention.csv",
+    "summary.parquet",
+    "summary.csv",
+    "samples.csv",
+    "grid.parquet",
+    "grid.csv",
+    "grid.png",
+)
 
 
-def prepare_run_dir(out_dir: Path, manifest: dict, overwrite: bool) -> Path:
-    """Check the run directory and return its parts folder, keeping finished parts of the same run."""
+def run_settings(manifest: dict) -> dict:
+    """The manifest's resume-relevant part, as it reads back from JSON."""
+    return json.loads(json.dumps({k: manifest.get(k) for k in RUN_SETTINGS}, default=str))
+
+
+def sample_fingerprint(sample: Sample) -> str:
+    return _fingerprint((sample.sample_id, sample.prompt, sample.image_sources, sample.response))
+
+
+def setting_differences(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """['options.per_head: False -> True', ...]: every leaf that differs between two settings dicts."""
+    found = []
+    for key in sorted(set(old) | set(new), key=str):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            found += setting_differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            found.append(f"{prefix}{key}: {a} -> {b}")
+    return found
+
+
+def _part(parts: Path, k: int, suffix: str = ".parquet") -> Path:
+    return parts / f"{k:07d}{suffix}"
+
+
+def _check_finished_parts(out_dir: Path, parts: Path, samples: list[Sample]) -> None:
+    """Every finished part must belong to the same sample as now (else the dataset changed under the run)."""
+    for k, sample in enumerate(samples):
+        if _part(parts, k).exists():
+            info = json.loads(_part(parts, k, ".json").read_text())
+            if info.get("_fingerprint") != sample_fingerprint(sample):
+                raise ProbeError(
+                    f"{out_dir} holds sample {k + 1} ('{info.get('sample')}') computed from other input than "
+                    f"sample '{sample.sample_id}' now (the dataset changed); pass --overwrite or choose another --out"
+                )
+
+
+def prepare_run_dir(out_dir: Path, manifest: dict, samples: list[Sample], overwrite: bool) -> Path | None:
+    """Check the run directory; return its parts folder (finished samples of the same settings kept), or
+    None when it already holds this exact finished run (nothing to do).
+
+    Refusals name what differs. A finished run keeps `.parts/`, so rerunning with a larger --limit
+    computes only the new samples.
+    """
     out_dir = Path(out_dir)
     parts = out_dir / PARTS
-    if (out_dir / "manifest.json").exists() and not overwrite:
-        raise ProbeError(f"{out_dir} already holds a finished run; pass --overwrite or choose another --out")
-    key = _resume_key(manifest)
-    key_file = parts / "run.key"
-    if parts.exists():
-        same_run = key_file.is_file() and key_file.read_text().strip() == key
-        if not same_run and not overwrite:
-            raise ProbeError(
-                f"{out_dir} holds an unfinished run with other settings; pass --overwrite or choose another --out"
-            )
-        if not same_run or overwrite:
-            shutil.rmtree(parts)
-    if overwrite and out_dir.exists():
-        for name in (
-            "manifest.json",
-            "attention.parquet",
-            "attention.csv",
-            "summary.parquet",
-            "summary.csv",
-            "grid.parquet",
-            "grid.csv",
-            "grid.png",
-        ):
+    if overwrite:
+        shutil.rmtree(parts, ignore_errors=True)
+        for name in RUN_OUTPUTS:
             (out_dir / name).unlink(missing_ok=True)
+    settings = run_settings(manifest)
+    finished = out_dir / "manifest.json"
+    if finished.is_file():
+        old = json.loads(finished.read_text())
+        diffs = setting_differences(run_settings(old), settings)
+        if diffs:
+            raise ProbeError(
+                f"{out_dir} holds a finished run with other settings ({'; '.join(diffs)}); "
+                "pass --overwrite or choose another --out"
+            )
+        if old.get("samples_fingerprint") == manifest["samples_fingerprint"]:
+            return None
+        n_old = int(old.get("n_samples", 0))
+        if len(samples) <= n_old or not (parts / SETTINGS_FILE).is_file():
+            raise ProbeError(
+                f"{out_dir} holds a finished run of {n_old} sample(s); this command's {len(samples)} are fewer "
+                "or other ones (only a longer --limit extends a run); pass --overwrite or choose another --out"
+            )
+        _check_finished_parts(out_dir, parts, samples)
+        finished.unlink()  # from here on the directory holds an unfinished (longer) run
+    elif parts.exists():
+        saved = parts / SETTINGS_FILE
+        if not saved.is_file():
+            raise ProbeError(
+                f"{out_dir} holds an unfinished run of an older probe version; pass --overwrite or choose another --out"
+            )
+        diffs = setting_differences(json.loads(saved.read_text()), settings)
+        if diffs:
+            raise ProbeError(
+                f"{out_dir} holds an unfinished run with other settings ({'; '.join(diffs)}); "
+                "pass --overwrite or choose another --out"
+            )
+        _check_finished_parts(out_dir, parts, samples)
     parts.mkdir(parents=True, exist_ok=True)
-    atomic_write(key_file, lambda p: p.write_text(key + "\n"))
+    write_json(parts / SETTINGS_FILE, settings)
     return parts
 
 
@@ -236,12 +331,17 @@ def run_attention(
     options: AttentionOptions,
     overwrite: bool = False,
     progress: bool = True,
+    dataset: Path | None = None,
+    limit: int | None = None,
+    command: str | None = None,
 ) -> pd.DataFrame:
     """Probe every sample (resuming finished ones), then write the table, summary, manifest and figures.
 
-    Per sample, `.parts/` gets its info (.json), its grid rows (.grid.parquet, with grid queries) and last its
-    attention rows (.parquet), whose presence marks the sample done. A ProbeError before any sample is done
-    leaves no trace of the run (no new directory).
+    Per sample, `.parts/` gets its info (.json, with the sample's fingerprint), its grid rows (.grid.parquet,
+    with grid queries) and last its attention rows (.parquet), whose presence marks the sample done; the parts
+    stay after the run, so a larger --limit later computes only the new samples. A ProbeError before any
+    sample is done leaves no trace of the run (no new directory). Rerunning a finished run returns its table.
+    `dataset`, `limit` and `command` (the command line) are recorded in the manifest's provenance.
     """
     for sample in samples:
         loaded.adapter.validate(sample)
@@ -249,16 +349,21 @@ def run_attention(
     out_dir = Path(out_dir)
     fresh = not out_dir.exists()
     manifest = manifest_for(loaded, options, samples)
-    parts = prepare_run_dir(out_dir, manifest, overwrite)
-    todo = [(k, s) for k, s in enumerate(samples) if not (parts / f"{k:07d}.parquet").exists()]
+    parts = prepare_run_dir(out_dir, manifest, samples, overwrite)
+    if parts is None:
+        print(
+            f"{out_dir} already holds this finished run ({len(samples)} sample(s), same settings): nothing to do"
+        )
+        return read_table(out_dir, "attention")
+    todo = [(k, s) for k, s in enumerate(samples) if not _part(parts, k).exists()]
     if len(todo) < len(samples):
         print(f"resuming: {len(samples) - len(todo)} of {len(samples)} samples already done")
     try:
         for k, sample in tqdm(todo, desc="samples", unit="sample", disable=not progress or len(samples) < 2):
             result = probe_sample(loaded, sample, options)
+            info = {**result.info, "_fingerprint": sample_fingerprint(sample)}
             atomic_write(
-                parts / f"{k:07d}.json",
-                lambda p, info=result.info: p.write_text(json.dumps(info, default=str)),
+                _part(parts, k, ".json"), lambda p, info=info: p.write_text(json.dumps(info, default=str))
             )
             if result.grid is not None:
                 atomic_write(
@@ -275,12 +380,19 @@ def run_attention(
     table = pd.concat(
         [pd.read_parquet(parts / f"{k:07d}.parquet") for k in range(len(samples))], ignore_index=True
     )
-    infos = [json.loads((parts / f"{k:07d}.json").read_text()) for k in range(len(samples))]
+    infos = [json.loads(_part(parts, k, ".json").read_text()) for k in range(len(samples))]
+    for info in infos:
+        info.pop("_fingerprint", None)
+    manifest["response"] = response_summary(infos, options)
+    if "note" in manifest["response"]:
+        print(f"note: {manifest['response']['note']}")
     grid = None
     if options.grid_queries:
         grid = to_grid_table([pd.read_parquet(parts / f"{k:07d}.grid.parquet") for k in range(len(samples))])
+    manifest["provenance"] = run_provenance(
+        loaded.source, loaded.revision, probe_home(), dataset=dataset, limit=limit, command=command
+    )
     finish_run(out_dir, table, pd.DataFrame(infos), manifest, grid=grid)
-    shutil.rmtree(parts)
     return table
 
 

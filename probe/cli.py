@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import signal
 import sys
 from pathlib import Path
 
@@ -46,6 +47,12 @@ def _default_out(model: str) -> Path:
 )
 @click.option("--limit", type=click.IntRange(min=1), help="Use only the first N dataset samples.")
 @click.option(
+    "--response-from",
+    type=click.Choice(["response", "answer", "none"]),
+    help="Which key of each dataset line to teacher-force as the response [default: response, where a "
+    "line has one]: 'answer' forces the dataset's answers, 'none' probes the prompts only.",
+)
+@click.option(
     "--backend",
     default="native",
     show_default=True,
@@ -61,7 +68,7 @@ def _default_out(model: str) -> Path:
     metavar="SPEC",
     help="Also write the attention of these query tokens onto each image's patch grid (grid.parquet, grid.png; "
     "paper Fig. 4): comma list of token positions (negative = from the end, -1 = last) and/or roles "
-    "'instruction', 'response'. Backends native and eager.",
+    "'instruction', 'last' (the last prompt token), 'response'. Backends native and eager.",
 )
 @click.option(
     "--out", type=click.Path(path_type=Path), help="Run directory [default: runs/<model>-attention]."
@@ -83,6 +90,7 @@ def attention_command(
     generate,
     dataset,
     limit,
+    response_from,
     backend,
     per_head,
     grid_spec,
@@ -97,31 +105,53 @@ def attention_command(
     from probe.engines import get_engine
     from probe.grid import parse_grid_queries
     from probe.inputs import make_sample, read_dataset
+    from probe.provenance import command_line
     from probe.zoo import load
 
     if response and generate:
         raise ProbeError("use either --response or --generate, not both")
+    if response_from and dataset is None:
+        raise ProbeError(
+            "--response-from picks a key of each --dataset line; without --dataset use --response"
+        )
+    if response_from and generate:
+        raise ProbeError("use either --response-from or --generate, not both")
     grid_queries = parse_grid_queries(grid_spec) if grid_spec is not None else None
     if dataset is not None:
         if images or prompt:
             raise ProbeError("use either --dataset or --image/--prompt, not both")
-        samples = read_dataset(dataset)[:limit]
+        response_from = response_from or "response"
+        samples = read_dataset(dataset, response_from)[:limit]
     else:
         if not images or prompt is None:
             raise ProbeError("give --image and --prompt (or --dataset)")
         samples = [make_sample(prompt, list(images), response=response)]
     get_engine(backend)
     options = AttentionOptions(
-        backend=backend, per_head=per_head, generate=generate, seed=seed, grid_queries=grid_queries
+        backend=backend,
+        per_head=per_head,
+        generate=generate,
+        seed=seed,
+        grid_queries=grid_queries,
+        response_from=response_from,
     )
     check_grid_options(options, samples)  # before the model loads
     loaded = load(model_name, device=device, dtype=dtype)
     out = out or _default_out(model_name)
-    table = run_attention(loaded, samples, out, options, overwrite=overwrite)
+    table = run_attention(
+        loaded,
+        samples,
+        out,
+        options,
+        overwrite=overwrite,
+        dataset=dataset,
+        limit=limit,
+        command=command_line(),
+    )
     layers = ", ".join(
         f"{n} {stage}" for stage, n in table.groupby("stage", sort=False)["layer"].nunique().items()
     )
-    click.echo(f"wrote {len(table)} rows ({len(samples)} sample(s); layers: {layers}) to {out}/")
+    click.echo(f"{out}/: {len(table)} rows ({len(samples)} sample(s); layers: {layers})")
     if grid_queries:
         click.echo(f"attention onto the image grid: {out}/grid.parquet, {out}/grid.png")
 
@@ -265,25 +295,43 @@ def organism_ship_command(source, name) -> None:
     click.echo(f"shipped to {ship(final, name)}")
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler's kill, `kill PID`), raised where the program is so it stops like Ctrl-C:
+    finished samples are on disk, temporary files are removed, and the same command resumes."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated()
+
+
+INTERRUPTED = "interrupted: rerun the same command to resume"
+
+
 def main() -> None:
     """Entry point: user errors are one line on stderr and exit code 2, never a traceback."""
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # our own progress bars are the ones that matter
     try:
+        previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    except ValueError:  # not the main thread: leave signals alone
+        previous = None
+    try:
         cli.main(standalone_mode=False)
     except ProbeError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
-    except click.exceptions.Abort:
-        click.echo("interrupted: rerun the same command to resume", err=True)
-        sys.exit(130)
+    except (click.exceptions.Abort, KeyboardInterrupt) as exc:
+        # click turns a KeyboardInterrupt (Terminated included) into Abort, keeping it as the cause
+        terminated = isinstance(exc, Terminated) or isinstance(exc.__cause__, Terminated)
+        click.echo(INTERRUPTED, err=True)
+        sys.exit(128 + signal.SIGTERM if terminated else 130)
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        click.echo("interrupted: rerun the same command to resume", err=True)
-        sys.exit(130)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -4,8 +4,9 @@
 
 * an integer token position in the LLM sequence (0-based; negative counts from the end, `-1` = the
   last token, which is the last response token when there is a response);
-* a role of the paper's grouping, meaning every token of that role: `instruction` (the system prefix and
-  the user's text) or `response`.
+* a role, meaning every token of that role: `instruction` (the paper's: the system prefix and the
+  user's text, the last prompt token included), `response`, or `last` (the last prompt token alone: the
+  position that predicts the first response token; see probe.roles).
 
 For each selected query token and each LLM layer, the engines return the head-averaged attention row
 (the paper's a_ij) restricted to each image's patch grid; `grid_table` turns it into one row per
@@ -23,7 +24,7 @@ import torch
 
 from probe.errors import ProbeError
 from probe.intermediate import LayerStats
-from probe.roles import StageRoles, paper_group
+from probe.roles import StageRoles, label_stem, paper_group
 
 GRID_COLUMNS = [
     "sample",
@@ -38,7 +39,7 @@ GRID_COLUMNS = [
     "weight",
 ]
 GRID_STAGE = "llm"
-ROLE_SELECTORS = ("instruction", "response")
+ROLE_SELECTORS = ("instruction", "last", "response")
 
 Selector = int | str
 
@@ -88,7 +89,11 @@ def resolve_grid_queries(selectors: Sequence[Selector], roles: StageRoles, sampl
                 )
             picked.add(selector % n)
         else:
-            wanted = [k for k, label in enumerate(roles.labels) if paper_group(label) == selector]
+            wanted = [
+                k
+                for k, label in enumerate(roles.labels)
+                if selector in (paper_group(label), label_stem(label))
+            ]
             picked.update(int(p) for p in torch.isin(role_ids, torch.tensor(wanted)).nonzero().flatten())
     return sorted(picked)
 

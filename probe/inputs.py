@@ -111,13 +111,21 @@ def make_sample(
     )
 
 
-def read_dataset(path: str | Path) -> list[Sample]:
-    """Read a JSONL dataset: one object per line with `image` (or `images`), `prompt`, optional `answer`.
+RESPONSE_FROM = ("response", "answer", "none")
 
-    Relative image paths are taken relative to the JSONL file. `response` (teacher-forced) is optional.
+
+def read_dataset(path: str | Path, response_from: str = "response") -> list[Sample]:
+    """Read a JSONL dataset: one object per line with `image` (or `images`), `prompt`, optional `answer`
+    and optional `response` (a per-sample response to teacher-force).
+
+    Relative image paths are taken relative to the JSONL file. `response_from` says which key becomes
+    the teacher-forced response: `response` (lines without one get none), `answer` (every line must
+    have one), or `none` (prompts only).
     A prompt without `<image>` gets one slot per image prepended, since datasets are rarely written
     with slots; an explicit slot count must still match the image count.
     """
+    if response_from not in RESPONSE_FROM:
+        raise ProbeError(f"unknown response source '{response_from}': use one of {', '.join(RESPONSE_FROM)}")
     path = Path(path)
     if not path.is_file():
         raise ProbeError(f"dataset not found: {path}")
@@ -143,6 +151,8 @@ def read_dataset(path: str | Path) -> list[Sample]:
                 raise ProbeError(f"{where}: needs a non-empty 'prompt'")
             if IMAGE_SLOT not in prompt:
                 prompt = "".join(f"{IMAGE_SLOT}\n" for _ in images) + prompt
+            if response_from == "answer" and record.get("answer") is None:
+                raise ProbeError(f"{where}: has no 'answer' to teacher-force (--response-from answer)")
             resolved = [
                 i if i.startswith(SKIMAGE_PREFIX) or Path(i).is_absolute() else str(path.parent / i)
                 for i in images
@@ -151,10 +161,10 @@ def read_dataset(path: str | Path) -> list[Sample]:
                 sample = make_sample(
                     prompt,
                     resolved,
-                    response=record.get("response"),
+                    response=None if response_from == "none" else _text(record.get(response_from)),
                     sample_id=str(record.get("id", len(samples))),
                     where=where,
-                    answer=None if record.get("answer") is None else str(record["answer"]),
+                    answer=_text(record.get("answer")),
                 )
             except ProbeError as exc:
                 msg = str(exc)
@@ -168,3 +178,7 @@ def read_dataset(path: str | Path) -> list[Sample]:
     if not samples:
         raise ProbeError(f"dataset {path} is empty")
     return samples
+
+
+def _text(value) -> str | None:
+    return None if value is None else str(value)

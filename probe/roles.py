@@ -3,8 +3,15 @@
 Roles are kept fine (one label per image / frame, system prefix apart from the user's instruction) so
 users can regroup them; `paper_group` maps every fine label onto the paper's three roles.
 
-Fine labels are `system`, `image:K` (K-th image or frame), `instruction`, `response`, and for other
-stages of a model (e.g. LLaVA-Mini's pre-fusion) `global:K`, `compressed:K`, `text`.
+Fine labels of the LLM sequence are `system`, `image:K` (K-th image or frame), `instruction`, `last`,
+`response`, and for other stages of a model (e.g. LLaVA-Mini's pre-fusion) `global:K`, `compressed:K`,
+`text`.
+
+`last` is the last prompt token (in LLaVA's template the ':' of 'ASSISTANT:'): the position whose output
+predicts the first response token, the "last position" of the attention-knockout literature. It is
+carved out of the prompt's text, so the fine `instruction` is the user's text up to, not including, that
+token; the paper grouping folds `last` back into `instruction`, keeping the paper's three roles as they
+were. (Each response token's row, in turn, is the step that predicts the *next* response token.)
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ PAPER_ROLES = ("instruction", "vision", "response")
 _PAPER_GROUP = {
     "system": "instruction",
     "instruction": "instruction",
+    "last": "instruction",
     "text": "instruction",
     "image": "vision",
     "frame": "vision",
@@ -83,6 +91,26 @@ class StageRoles:
         """
         seen = self.onehot(torch.int32).cumsum(dim=1) > 0
         return seen & (self.role_ids >= 0).unsqueeze(-1)
+
+
+def text_labels(n_images: int) -> list[str]:
+    """Fine labels of an LLM sequence with `n_images` images (or frames)."""
+    return ["system"] + [f"image:{k}" for k in range(n_images)] + ["instruction", "last", "response"]
+
+
+def text_spans(n_system: int, prompt_length: int, length: int) -> list[tuple[str, int, int]]:
+    """`system`, `instruction`, `last` (the last prompt token) and `response` spans of an LLM sequence.
+
+    Image spans are added after these by the adapter, so they win: an image token is always vision (a
+    prompt ending in an image token, which no chat template does, would then have no `last`).
+    """
+    last = max(prompt_length - 1, n_system)
+    return [
+        ("system", 0, n_system),
+        ("instruction", n_system, last),
+        ("last", last, prompt_length),
+        ("response", prompt_length, length),
+    ]
 
 
 def spans_to_role_ids(length: int, spans: list[tuple[str, int, int]], labels: list[str]) -> torch.Tensor:

@@ -109,14 +109,14 @@ def test_fine_roles_regroup_to_the_papers_three(tiny_llava):
         backend="eager",
     )
     fine = table[(table["grouping"] == "fine") & table["head"].isna()]
-    assert {"system", "image:0", "image:1", "instruction", "response"} <= set(fine["src"])
+    assert {"system", "image:0", "image:1", "instruction", "last", "response"} <= set(fine["src"])
     paper = table[(table["grouping"] == "paper") & table["head"].isna()]
     # response tokens see every source, so their paper-role masses add up over fine roles exactly
     for layer in sorted(paper["layer"].unique()):
         f = fine[(fine["layer"] == layer) & (fine["tgt"] == "response")].set_index("src")["mass"]
         p = paper[(paper["layer"] == layer) & (paper["tgt"] == "response")].set_index("src")["mass"]
         assert p["vision"] == pytest.approx(f["image:0"] + f["image:1"], abs=1e-6)
-        assert p["instruction"] == pytest.approx(f["system"] + f["instruction"], abs=1e-6)
+        assert p["instruction"] == pytest.approx(f["system"] + f["instruction"] + f["last"], abs=1e-6)
 
 
 def test_targets_whose_source_underflowed_count_in_mass_not_in_entropy():

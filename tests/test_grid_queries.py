@@ -91,7 +91,7 @@ def test_role_selectors_pick_exactly_their_tokens(tiny_llava, two_images):
     assert instruction == [p for p in range(prepared.prompt_length) if int(ids[p]) != image_token]
     picked = native.drop_duplicates("query").set_index("query")["query_role"]
     assert set(picked[response]) == {"response"}
-    assert set(picked[instruction]) <= {"system", "instruction"}
+    assert set(picked[instruction]) <= {"system", "instruction", "last"}
 
 
 def test_negative_positions_count_from_the_end(two_images):
@@ -245,3 +245,14 @@ def test_notebook_attention_maps_sum_to_the_response_mass_on_each_image(tiny_lla
         assert abs(total - expected) < 1e-5, (layer, image, total, expected)
     with pytest.raises(ProbeError, match="grid-queries"):
         probe.attention_maps(tiny_llava, images, prompt, queries="vision")
+
+
+def test_layers_beyond_the_model_are_an_error_naming_the_valid_range(two_images):
+    """The paper's layers [0, 8, 16, 31] on a 4-layer model: one clear error, not a figure missing panels."""
+    from analyses.attention_maps import plot_grid_attention
+
+    _, native, _ = two_images
+    with pytest.raises(
+        ProbeError, match=r"layer\(s\) \[8, 16, 31\] are not in the grid table: it has layers 0\.\.3"
+    ):
+        plot_grid_attention(native, layers=[0, 8, 16, 31])

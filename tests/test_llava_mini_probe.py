@@ -39,7 +39,7 @@ def test_eager_probe_gives_both_stages(tiny_mini):
     assert len([s for s in stats if s.stage == "prefusion"]) == adapter.num_layers("prefusion") == 2
     check_mass_sums_to_one(stats, prepared)
     llm = prepared.roles["llm"]
-    assert llm.labels == ["system", "image:0", "instruction", "response"]
+    assert llm.labels == ["system", "image:0", "instruction", "last", "response"]
     assert int((llm.role_ids == 1).sum()) == 4  # C^2 compressed tokens
     pre = prepared.roles["prefusion"]
     assert pre.labels == ["global:0", "compressed:0", "text"]

@@ -59,7 +59,6 @@ def test_single_image_run_writes_table_manifest_and_figures(tmp_path, capsys):
         "entropy.png",
     ):
         assert (out / name).is_file(), name
-    assert not (out / ".parts").exists()
     table = pd.read_parquet(out / "attention.parquet")
     csv = pd.read_csv(out / "attention.csv")
     assert len(table) == len(csv)
@@ -83,7 +82,7 @@ def test_single_image_run_writes_table_manifest_and_figures(tmp_path, capsys):
         "--out",
         str(out),
     )
-    assert code == 2 and "already holds a finished run" in err
+    assert code == 2 and "holds a finished run" in err
 
 
 def test_dataset_run_resumes_without_redoing_or_duplicating(tmp_path, tiny_llava, monkeypatch):
@@ -120,12 +119,14 @@ def test_resume_refuses_a_different_run(tmp_path, tiny_llava):
     samples = read_dataset(data)
     parts = tmp_path / "run" / ".parts"
     job.prepare_run_dir(
-        tmp_path / "run", job.manifest_for(tiny_llava, job.AttentionOptions(), samples), False
+        tmp_path / "run", job.manifest_for(tiny_llava, job.AttentionOptions(), samples), samples, False
     )
     assert parts.is_dir()
     other = job.manifest_for(tiny_llava, job.AttentionOptions(per_head=True), samples)
-    with pytest.raises(ProbeError, match="unfinished run with other settings"):
-        job.prepare_run_dir(tmp_path / "run", other, False)
+    with pytest.raises(
+        ProbeError, match=r"unfinished run with other settings \(options.per_head: False -> True\)"
+    ):
+        job.prepare_run_dir(tmp_path / "run", other, samples, False)
 
 
 def test_summary_is_the_mean_over_samples(tmp_path, tiny_llava):

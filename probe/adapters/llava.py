@@ -13,7 +13,7 @@ from probe.adapters.base import Adapter, Prepared, common_prefix_length
 from probe.builtin.tokenizer import LLAVA_V15_CHAT_TEMPLATE
 from probe.errors import ProbeError
 from probe.inputs import IMAGE_SLOT, Sample
-from probe.roles import ImageGrid, StageRoles, spans_to_role_ids
+from probe.roles import ImageGrid, StageRoles, spans_to_role_ids, text_labels, text_spans
 
 _SENTINEL = "\u2063PROBE_USER_CONTENT\u2063"
 
@@ -102,13 +102,9 @@ class LlavaAdapter(Adapter):
     def _roles(self, prompt_ids: list[int], length: int, images) -> StageRoles:
         positions = [i for i, t in enumerate(prompt_ids) if t == self.image_token_id]
         counts = self.tokens_per_image(images, len(positions))
-        labels = ["system"] + [f"image:{k}" for k in range(len(images))] + ["instruction", "response"]
+        labels = text_labels(len(images))
         n_system = min(self.system_prefix_length(prompt_ids), positions[0] if positions else len(prompt_ids))
-        spans = [
-            ("system", 0, n_system),
-            ("instruction", n_system, len(prompt_ids)),
-            ("response", len(prompt_ids), length),
-        ]
+        spans = text_spans(n_system, len(prompt_ids), length)
         grids, start = [], 0
         for k, count in enumerate(counts):
             image_positions = positions[start : start + count]
