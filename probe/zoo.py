@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +17,7 @@ from pathlib import Path
 import torch
 
 from probe.errors import ProbeError
+from probe.results import new_temp_dir
 
 
 @dataclass(frozen=True)
@@ -158,7 +158,7 @@ def materialise(spec: ModelSpec) -> Path:
     if (target / "config.json").is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{spec.name}-", dir=target.parent))
+    staging = new_temp_dir(target.parent, prefix=f".{spec.name}-")  # mkdtemp's 0700 would hide it
     try:
         model, processor = spec.builder()
         model.save_pretrained(staging)
