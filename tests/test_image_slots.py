@@ -35,10 +35,10 @@ def test_prompt_without_slot_is_the_llava_layout_in_both_paths(tmp_path, capsys)
 
     dataset = tmp_path / "d.jsonl"
     dataset.write_text(
-        "".join(json.dumps({"image": "skimage:astronaut", "prompt": QUESTION}) + "\n" for _ in range(3))
+        "".join(json.dumps({"image": "skimage:astronaut", "prompt": QUESTION}) + "\n" for _ in range(2))
     )
     from_dataset, err = attention_run(capsys, tmp_path / "dataset", "--dataset", str(dataset))
-    assert len(notes(err)) == 1 and "3 of 3 prompts" in notes(err)[0]  # once, not once per line
+    assert len(notes(err)) == 1 and "2 of 2 prompts" in notes(err)[0]  # once, not once per line
 
     columns = ["stage", "layer", "tgt", "src", "mass", "entropy"]
     assert explicit["mass"].max() > 0
