@@ -13,6 +13,7 @@ import inspect
 from typing import Any
 
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer
+from transformers.utils import ModelOutput
 
 #: The keyword (and `ModelOutput` field) naming the KV cache in the installed transformers.
 CACHE_KWARG: str = (
@@ -26,7 +27,11 @@ def cache_kwargs(cache: Any) -> dict[str, Any]:
 
 
 def cache_of(mapping: Any) -> Any:
-    """The cache held by a `ModelOutput` or a kwargs dict, under whichever name this release uses."""
-    if isinstance(mapping, dict):
-        return mapping.get(CACHE_KWARG, mapping.get("past_key_values"))
+    """The cache held by a `ModelOutput` or a kwargs dict, under whichever name this release uses.
+
+    A `ModelOutput` is a dict too, but asking it for the old name logs a deprecation warning on 5.24:
+    it is read by attribute, under the current name only.
+    """
+    if isinstance(mapping, dict) and not isinstance(mapping, ModelOutput):
+        return mapping[CACHE_KWARG] if CACHE_KWARG in mapping else mapping.get("past_key_values")
     return getattr(mapping, CACHE_KWARG, None)

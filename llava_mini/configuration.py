@@ -8,6 +8,7 @@ CLIP is loaded from its own id (`mm_vision_tower`). Ours adds `compression_kind`
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from huggingface_hub.dataclasses import strict
@@ -60,6 +61,14 @@ class LlavaMiniConfig(LlamaConfig):
             raise ValueError(
                 f"only mm_vision_select_feature 'patch' (CLS dropped) is supported, got {self.mm_vision_select_feature}"
             )
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path) -> LlavaMiniConfig:
+        """`from_pretrained` for every spelling of the release's model_type (`llava_mini_llama` or
+        `llava_mini`): the alias is normalised first, so transformers does not warn that a model of one
+        type instantiates another."""
+        config_dict, _ = cls.get_config_dict(str(path))
+        return cls.from_dict({**config_dict, "model_type": cls.model_type})
 
     @property
     def num_vision_tokens(self) -> int:

@@ -165,7 +165,7 @@ def load_llava_mini(
     model_type = json.loads(config_file.read_text()).get("model_type")
     if model_type not in ("llava_mini_llama", "llava_mini"):
         raise ProbeError(f"{path} holds a '{model_type}' model, not LLaVA-Mini ('llava_mini_llama')")
-    config = LlavaMiniConfig.from_pretrained(path)
+    config = LlavaMiniConfig.from_checkpoint(path)
     found = tensor_shapes(weight_files(path))
     has_vision = any(n.startswith(VISION_PREFIX) for n in found)
     if has_vision and config.vision_config is None:

@@ -112,7 +112,7 @@ class LlavaMiniProcessor:
         from llava_mini.configuration import LlavaMiniConfig
 
         path = Path(path)
-        config = config or LlavaMiniConfig.from_pretrained(path)
+        config = config or LlavaMiniConfig.from_checkpoint(path)
         # tokenizer.json directly: AutoTokenizer would parse config.json, whose model_type it does not know
         tokenizer = PreTrainedTokenizerFast.from_pretrained(path, **kwargs)
         image_processor = None

@@ -10,11 +10,28 @@ The notebook API is three calls:
 
 from __future__ import annotations
 
+import importlib.metadata
+from typing import TYPE_CHECKING
+
 from probe.errors import ProbeError
-from probe.zoo import LoadedModel, load
+
+if TYPE_CHECKING:
+    from probe.zoo import LoadedModel, load
 
 __all__ = ["ProbeError", "LoadedModel", "load", "attention", "attention_maps", "plot"]
-__version__ = "0.1.0"
+try:
+    __version__ = importlib.metadata.version("probe-vlm")
+except importlib.metadata.PackageNotFoundError:  # a source tree that was never installed
+    __version__ = "0+unknown"
+
+
+def __getattr__(name: str):
+    """`probe.load` / `probe.LoadedModel` import torch on first use, so `import probe.cli` stays fast."""
+    if name in ("load", "LoadedModel"):
+        from probe import zoo
+
+        return getattr(zoo, name)
+    raise AttributeError(f"module 'probe' has no attribute '{name}'")
 
 
 def attention(

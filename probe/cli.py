@@ -11,10 +11,21 @@ import click
 
 from probe.errors import ProbeError
 
+# Only click and probe.errors are imported here: torch and transformers load inside the commands that
+# need them, so `probe --help` and `probe --version` answer at once.
+
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="probe-vlm", prog_name="probe", message="%(prog)s %(version)s")
 def cli() -> None:
     """Interpretability and ablation toolkit for efficient vision-language models."""
+
+
+def _quiet_libraries() -> None:
+    """Our own progress bars are the ones that matter: hide transformers' weight-loading bar."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
 
 
 @cli.command("models")
@@ -106,8 +117,10 @@ def attention_command(
     from probe.grid import parse_grid_queries
     from probe.inputs import make_sample, read_dataset
     from probe.provenance import command_line
+    from probe.results import check_output_dir
     from probe.zoo import load
 
+    out = check_output_dir(out or _default_out(model_name))
     if response and generate:
         raise ProbeError("use either --response or --generate, not both")
     if response_from and dataset is None:
@@ -136,8 +149,8 @@ def attention_command(
         response_from=response_from,
     )
     check_grid_options(options, samples)  # before the model loads
+    _quiet_libraries()
     loaded = load(model_name, device=device, dtype=dtype)
-    out = out or _default_out(model_name)
     table = run_attention(
         loaded,
         samples,
@@ -170,9 +183,12 @@ def compression_map_command(model_name, image, prompt, frame, out, device, dtype
     """Where LLaVA-Mini's compression queries look on the 24 x 24 grid (paper Fig. 12)."""
     from analyses.compression_map import save_compression_maps
     from probe.inputs import make_sample
+    from probe.results import check_output_file
     from probe.zoo import load
 
+    out = check_output_file(out)
     sample = make_sample(prompt, [image])
+    _quiet_libraries()
     loaded = load(model_name, device=device, dtype=dtype)
     if not hasattr(loaded.adapter, "compression_map"):
         raise ProbeError(f"'{model_name}' has no compressor: compression maps need a LLaVA-Mini model")
@@ -207,7 +223,9 @@ def organism_group() -> None:
 def organism_data_command(out, n_train, n_val, n_test, n_heldout, seed) -> None:
     """Write the seeded synthetic VQA splits (PNG + `--dataset` JSONL)."""
     from probe.organism.data import write_dataset
+    from probe.results import check_output_dir
 
+    out = check_output_dir(out)
     sizes = {"train": n_train, "val": n_val, "test": n_test, "heldout": n_heldout}
     paths = write_dataset(out, seed=seed, sizes=sizes, progress=True)
     for split, path in paths.items():
@@ -229,7 +247,10 @@ def organism_data_command(out, n_train, n_val, n_test, n_heldout, seed) -> None:
 def organism_train_command(model_name, out, seed) -> None:
     """Train an organism LLaVA-style; killing and rerunning the command resumes from the last checkpoint."""
     from probe.organism.train import default_config, train
+    from probe.results import check_output_dir
 
+    out = check_output_dir(out)
+    _quiet_libraries()
     config = default_config(model_name)
     config.seed = seed
     final = train(model_name, out, config)
@@ -262,14 +283,18 @@ def organism_eval_command(model_name, split, dataset, blank_image, limit, seed, 
     from probe.inputs import read_dataset
     from probe.organism.data import ensure_split
     from probe.organism.evaluate import chance, evaluate, summarise
+    from probe.results import atomic_write, check_output_file
     from probe.zoo import load
 
+    if out is not None:
+        out = check_output_file(out)
     path = dataset or ensure_split(split, seed=seed)
     samples = read_dataset(path)[:limit]
+    _quiet_libraries()
     loaded = load(model_name, device=device, dtype="float32")
     results = evaluate(loaded, samples, blank=blank_image)
     if out is not None:
-        results.to_csv(out, index=False)
+        atomic_write(out, lambda p: results.to_csv(p, index=False))
     table = summarise(results, chance(samples))
     label = "blank-image accuracy" if blank_image else "accuracy"
     click.echo(
@@ -309,9 +334,6 @@ INTERRUPTED = "interrupted: rerun the same command to resume"
 
 def main() -> None:
     """Entry point: user errors are one line on stderr and exit code 2, never a traceback."""
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()  # our own progress bars are the ones that matter
     try:
         previous = signal.signal(signal.SIGTERM, _raise_terminated)
     except ValueError:  # not the main thread: leave signals alone

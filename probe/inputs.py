@@ -7,6 +7,7 @@ one line that says what to fix.
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from probe.errors import ProbeError
-from probe.video import is_video_source, verify_video
+from probe.video import FRAME_EXTENSIONS, is_video_source, verify_video, video_given_to_still_model
 
 IMAGE_SLOT = "<image>"
 SKIMAGE_PREFIX = "skimage:"
@@ -51,7 +52,12 @@ def load_image(source: str | Path) -> Image.Image:
         return _skimage_sample(source[len(SKIMAGE_PREFIX) :])
     path = Path(source)
     if is_video_source(path):
-        raise ProbeError(f"{source} is a video; this model takes still images (LLaVA-Mini models take video)")
+        raise video_given_to_still_model(source)
+    if path.is_dir():
+        raise ProbeError(
+            f"{source} is a directory, not an image file (a folder is read as video frames only when it holds "
+            f"{', '.join(sorted(FRAME_EXTENSIONS))} files)"
+        )
     if not path.is_file():
         raise ProbeError(f"image not found: {source}")
     try:
@@ -80,14 +86,31 @@ def _skimage_sample(name: str) -> Image.Image:
     return Image.fromarray(array[..., :3]).convert("RGB")
 
 
-def check_image_slots(prompt: str, n_images: int, where: str = "prompt") -> None:
+def place_images(prompt: str, n_images: int, where: str = "prompt") -> str:
+    """The one rule for `<image>` slots, for `--prompt` and dataset prompts alike.
+
+    A prompt without any slot gets one per image placed before the text, the LLaVA training convention
+    (`<image>\\n` + question), so plain VQA questions work as written. A prompt that has slots must have
+    exactly one per image: a mismatch is an error, never guessed at.
+    """
+    if n_images == 0:
+        raise ProbeError("no image given: probe studies how the model attends to images")
     slots = prompt.count(IMAGE_SLOT)
     if slots == 0:
-        raise ProbeError(
-            f"{where} has no {IMAGE_SLOT} slot: mark where the image goes, e.g. '{IMAGE_SLOT} What is shown?'"
-        )
+        return f"{IMAGE_SLOT}\n" * n_images + prompt
     if slots != n_images:
         raise ProbeError(f"{where} has {slots} {IMAGE_SLOT} slot(s) but {n_images} image(s) were given")
+    return prompt
+
+
+def note_images_placed(count: int, total: int) -> None:
+    """Say once per prompt / dataset that images were placed for the user (stderr, so tables stay clean)."""
+    if count:
+        which = "the prompt has" if total == 1 else f"{count} of {total} prompts have"
+        print(
+            f"note: {which} no {IMAGE_SLOT} slot: the image(s) go before the text (LLaVA convention)",
+            file=sys.stderr,
+        )
 
 
 def make_sample(
@@ -97,14 +120,18 @@ def make_sample(
     sample_id: str = "0",
     where: str = "prompt",
     answer: str | None = None,
+    note: bool = True,
 ) -> Sample:
-    """Validate slots first (cheap), then check that every image decodes."""
-    check_image_slots(prompt, len(images), where)
+    """Validate slots first (cheap), then check that every image decodes. `note`: say when images were
+    placed before a prompt without slots (off where the caller says it once for many samples)."""
+    placed = place_images(prompt, len(images), where)
     for src in images:
         verify_image(src)
+    if note:
+        note_images_placed(int(placed != prompt), 1)
     return Sample(
         sample_id=sample_id,
-        prompt=prompt,
+        prompt=placed,
         image_sources=[str(src) for src in images],
         response=response,
         answer=answer,
@@ -121,8 +148,7 @@ def read_dataset(path: str | Path, response_from: str = "response") -> list[Samp
     Relative image paths are taken relative to the JSONL file. `response_from` says which key becomes
     the teacher-forced response: `response` (lines without one get none), `answer` (every line must
     have one), or `none` (prompts only).
-    A prompt without `<image>` gets one slot per image prepended, since datasets are rarely written
-    with slots; an explicit slot count must still match the image count.
+    Prompts follow `place_images`: without `<image>` the images go first; slots must match the images.
     """
     if response_from not in RESPONSE_FROM:
         raise ProbeError(f"unknown response source '{response_from}': use one of {', '.join(RESPONSE_FROM)}")
@@ -130,6 +156,7 @@ def read_dataset(path: str | Path, response_from: str = "response") -> list[Samp
     if not path.is_file():
         raise ProbeError(f"dataset not found: {path}")
     samples: list[Sample] = []
+    placed = 0  # prompts that had no <image> slot
     with path.open(encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, start=1):
             if not line.strip():
@@ -149,8 +176,6 @@ def read_dataset(path: str | Path, response_from: str = "response") -> list[Samp
             prompt = record.get("prompt", record.get("question"))
             if not isinstance(prompt, str) or not prompt.strip():
                 raise ProbeError(f"{where}: needs a non-empty 'prompt'")
-            if IMAGE_SLOT not in prompt:
-                prompt = "".join(f"{IMAGE_SLOT}\n" for _ in images) + prompt
             if response_from == "answer" and record.get("answer") is None:
                 raise ProbeError(f"{where}: has no 'answer' to teacher-force (--response-from answer)")
             resolved = [
@@ -165,6 +190,7 @@ def read_dataset(path: str | Path, response_from: str = "response") -> list[Samp
                     sample_id=str(record.get("id", len(samples))),
                     where=where,
                     answer=_text(record.get("answer")),
+                    note=False,
                 )
             except ProbeError as exc:
                 msg = str(exc)
@@ -175,8 +201,10 @@ def read_dataset(path: str | Path, response_from: str = "response") -> list[Samp
                 if k not in {"image", "images", "prompt", "question", "response"}
             }
             samples.append(sample)
+            placed += IMAGE_SLOT not in prompt
     if not samples:
         raise ProbeError(f"dataset {path} is empty")
+    note_images_placed(placed, len(samples))
     return samples
 
 

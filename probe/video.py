@@ -17,8 +17,21 @@ FRAME_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 
 
 def is_video_source(source: str | Path) -> bool:
+    """A video file, or a folder holding frame images (a folder without any is no video, just a folder)."""
     path = Path(str(source))
-    return path.is_dir() or path.suffix.lower() in VIDEO_EXTENSIONS
+    if path.is_dir():
+        return _holds_frames(path)
+    return path.suffix.lower() in VIDEO_EXTENSIONS
+
+
+def _holds_frames(folder: Path) -> bool:
+    return any(p.suffix.lower() in FRAME_EXTENSIONS for p in folder.iterdir())
+
+
+def video_given_to_still_model(source: str | Path) -> ProbeError:
+    """The one message for a video where a model takes still images only."""
+    what = "a folder of video frames" if Path(str(source)).is_dir() else "a video file"
+    return ProbeError(f"{source} is {what}; this model takes still images (LLaVA-Mini models take video)")
 
 
 def load_video_frames(
@@ -72,7 +85,7 @@ def verify_video(source: str | Path) -> None:
     """Cheap up-front check: a folder holds at least one frame file, a video file has a video stream."""
     path = Path(str(source))
     if path.is_dir():
-        if not any(p.suffix.lower() in FRAME_EXTENSIONS for p in path.iterdir()):
+        if not _holds_frames(path):
             raise ProbeError(f"video folder {path} holds no frames ({', '.join(sorted(FRAME_EXTENSIONS))})")
         return
     if not path.is_file():

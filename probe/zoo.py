@@ -10,14 +10,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
 from probe.errors import ProbeError
+from probe.results import new_temp_dir
 
 
 @dataclass(frozen=True)
@@ -158,7 +159,7 @@ def materialise(spec: ModelSpec) -> Path:
     if (target / "config.json").is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{spec.name}-", dir=target.parent))
+    staging = new_temp_dir(target.parent, prefix=f".{spec.name}-")  # mkdtemp's 0700 would hide it
     try:
         model, processor = spec.builder()
         model.save_pretrained(staging)
@@ -173,24 +174,42 @@ def materialise(spec: ModelSpec) -> Path:
     return target
 
 
-def resolve(name_or_path: str) -> tuple[str, str, ModelSpec | None]:
-    """-> (source for from_pretrained, family, registry entry or None)."""
+class Resolved(NamedTuple):
+    source: str  # what from_pretrained gets: a directory or a hub id
+    family: str
+    spec: ModelSpec | None  # the registry entry, if any
+    local_only: bool  # load from disk / the HF cache without asking the hub
+
+
+def resolve(name_or_path: str) -> Resolved:
+    """Where a zoo name, hub id or directory lives, decided before anything heavy loads."""
     if name_or_path in REGISTRY:
         spec = REGISTRY[name_or_path]
         if spec.builder is not None:
-            return str(materialise(spec)), spec.family, spec
+            return Resolved(str(materialise(spec)), spec.family, spec, True)
         if spec.path is not None:
-            return str(spec.path), spec.family, spec
-        return spec.hub_id, spec.family, spec
+            return Resolved(str(spec.path), spec.family, spec, True)
+        _, local_only = hub_config(spec.hub_id)
+        return Resolved(spec.hub_id, spec.family, spec, local_only)
     path = Path(name_or_path).expanduser()
     if path.is_dir():
-        return str(path), _family_from_config(_read_local_config(path), name_or_path), None
-    if name_or_path.count("/") == 1 and not name_or_path.startswith((".", "/")):
-        return name_or_path, _family_from_config(_read_hub_config(name_or_path), name_or_path), None
+        return Resolved(str(path), _family_from_config(_read_local_config(path), name_or_path), None, True)
+    if looks_like_path(name_or_path):
+        if path.exists():
+            raise ProbeError(f"{name_or_path} is a file; --model takes a model directory")
+        raise ProbeError(f"model directory {name_or_path} does not exist")
+    if name_or_path.count("/") == 1:
+        config, local_only = hub_config(name_or_path)
+        return Resolved(name_or_path, _family_from_config(config, name_or_path), None, local_only)
     known = ", ".join(sorted(REGISTRY))
     raise ProbeError(
         f"unknown model '{name_or_path}': use one of {known}, a hub id (org/name) or a local directory"
     )
+
+
+def looks_like_path(name: str) -> bool:
+    """`/x`, `./x`, `../x`, `~/x`, `a/b/c` or an existing file: meant as a directory, never a hub id."""
+    return name.startswith(("/", ".", "~")) or name.count("/") > 1 or "\\" in name or Path(name).exists()
 
 
 def _read_local_config(path: Path) -> dict:
@@ -203,25 +222,63 @@ def _read_local_config(path: Path) -> dict:
         raise ProbeError(f"{config_file} is not valid JSON") from None
 
 
-def _missing_weights(hub_id: str) -> ProbeError:
+def _missing_weights(hub_id: str, why: str | None = None) -> ProbeError:
+    if why is None:
+        why = "HF_HUB_OFFLINE is set" if hub_offline() else "they could not be downloaded"
     return ProbeError(
-        f"weights for '{hub_id}' are not available locally and could not be downloaded; "
-        f"download them where the hub is reachable (hf download {hub_id} --local-dir DIR) and pass --model DIR"
+        f"weights for '{hub_id}' are not available locally and {why}; download them where the hub is reachable "
+        f"(hf download {hub_id} --local-dir DIR) and pass --model DIR"
+        + ("" if hub_offline() else "; with HF_HUB_OFFLINE=1 the hub is never asked")
     )
 
 
-def _read_hub_config(hub_id: str) -> dict:
-    from huggingface_hub import hf_hub_download
+HUB_CHECK_TIMEOUT_S = 3.0  # one HEAD request; huggingface_hub's own retries take ~27 s to give up
 
+
+def hub_config(hub_id: str) -> tuple[dict, bool]:
+    """-> (config.json, local_only) for a hub id: the local cache first, then one quick quiet request.
+
+    The request tells the cases apart before transformers starts its retry loop: an unreachable hub
+    (use the cache, or say the weights are missing), a gated or unknown repository, or another hub
+    error, each as one line. `local_only` is True when the hub must not be asked again.
+    """
+    from huggingface_hub import errors as hub_errors
+    from huggingface_hub import get_hf_file_metadata, hf_hub_download, hf_hub_url, try_to_load_from_cache
+
+    cached = try_to_load_from_cache(hub_id, "config.json")
+    config = json.loads(Path(cached).read_text()) if isinstance(cached, str) else None
+    if hub_offline():
+        if config is None:
+            raise _missing_weights(hub_id)
+        return config, True
     try:
-        return json.loads(Path(hf_hub_download(hub_id, "config.json", local_files_only=True)).read_text())
-    except Exception:
-        if hub_offline():
-            raise _missing_weights(hub_id) from None
-    try:
-        return json.loads(Path(hf_hub_download(hub_id, "config.json")).read_text())
-    except Exception:
-        raise _missing_weights(hub_id) from None
+        get_hf_file_metadata(hf_hub_url(hub_id, "config.json"), timeout=HUB_CHECK_TIMEOUT_S)
+    except hub_errors.GatedRepoError:
+        raise ProbeError(
+            f"'{hub_id}' is a gated model and this login has no access to it: accept its terms on "
+            f"https://huggingface.co/{hub_id}, log in (hf auth login), or pass --model DIR"
+        ) from None
+    except hub_errors.RepositoryNotFoundError:
+        raise ProbeError(
+            f"no model '{hub_id}' on the Hugging Face hub (or it is private: log in with hf auth login)"
+        ) from None
+    except hub_errors.RemoteEntryNotFoundError:
+        raise ProbeError(f"'{hub_id}' on the hub has no config.json: not a transformers model") from None
+    except hub_errors.HfHubHTTPError as exc:
+        raise ProbeError(f"the hub answered '{hub_id}' with an error: {_first_line(exc)}") from None
+    except Exception as exc:  # connection refused, DNS, timeout, proxy, TLS: the hub is unreachable
+        if config is None:
+            reason = f"the hub is unreachable ({exc.__class__.__name__}: {_first_line(exc)})"
+            raise _missing_weights(hub_id, reason) from None
+        return config, True
+    if config is None:
+        config = json.loads(Path(hf_hub_download(hub_id, "config.json")).read_text())
+    return config, False
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else exc.__class__.__name__
 
 
 def _family_from_config(config: dict, name: str) -> str:
@@ -262,19 +319,20 @@ def parse_device(device: str) -> torch.device:
 
 def load(name_or_path: str, device: str = "auto", dtype: str = "auto") -> LoadedModel:
     """Load a zoo name, hub id or local directory, ready to probe."""
-    source, family, spec = resolve(name_or_path)
+    source, family, spec, local_only = resolve(name_or_path)
     torch_device = parse_device(device)
     torch_dtype = parse_dtype(dtype, torch_device)
     family_impl = get_family(family)
-    local_only = Path(source).is_dir() or hub_offline()
     try:
         model, processor = family_impl.loader(source, family, torch_dtype, local_files_only=local_only)
     except ProbeError:
         raise
     except OSError as exc:
         if Path(source).is_dir():
-            raise ProbeError(f"cannot load model from {source}: {str(exc).splitlines()[0]}") from None
-        raise _missing_weights(source) from None
+            raise ProbeError(f"cannot load model from {source}: {_first_line(exc)}") from None
+        raise _missing_weights(
+            source, None if local_only else f"the download failed ({_first_line(exc)})"
+        ) from None
     model = model.to(torch_device).eval()
     adapter = family_impl.adapter(model, processor)
     revision = getattr(model.config, "_commit_hash", None)

@@ -17,10 +17,23 @@ def write_jsonl(path: Path, lines: list[str]) -> Path:
     return path
 
 
+def frames_folder(tmp: Path) -> Path:
+    """A folder holding one frame image: read as a video."""
+    from PIL import Image
+
+    folder = tmp / "frames"
+    folder.mkdir(exist_ok=True)
+    Image.new("RGB", (8, 8)).save(folder / "0001.png")
+    return folder
+
+
 def bad_inputs(tmp: Path) -> dict[str, tuple[list[str], str]]:
     corrupt = tmp / "corrupt.png"
     corrupt.write_bytes(b"\x89PNG\r\n\x1a\n" + b"not really a png" * 10)
     good = '{"image": "skimage:astronaut", "prompt": "What is shown?"}'
+    empty_folder = tmp / "empty"
+    empty_folder.mkdir(exist_ok=True)
+    two_slots = '{"image": "skimage:astronaut", "prompt": "<image> <image> Compare."}'
     return {
         "unknown model": (
             ["--model", "no-such-model", "--image", "skimage:astronaut", "--prompt", GOOD_PROMPT],
@@ -38,9 +51,17 @@ def bad_inputs(tmp: Path) -> dict[str, tuple[list[str], str]]:
             ["--model", "tiny-llava", "--image", str(corrupt), "--prompt", GOOD_PROMPT],
             "cannot read image",
         ),
-        "no image slot": (
-            ["--model", "tiny-llava", "--image", "skimage:astronaut", "--prompt", "What is shown?"],
-            "has no <image> slot",
+        "directory as image": (
+            ["--model", "tiny-llava", "--image", str(empty_folder), "--prompt", GOOD_PROMPT],
+            "is a directory, not an image file",
+        ),
+        "folder of frames for a still-image model": (
+            ["--model", "tiny-llava", "--image", str(frames_folder(tmp)), "--prompt", GOOD_PROMPT],
+            "is a folder of video frames; this model takes still images",
+        ),
+        "dataset slots do not match its images": (
+            ["--model", "tiny-llava", "--dataset", str(write_jsonl(tmp / "slots.jsonl", [good, two_slots]))],
+            "slots.jsonl line 2 has 2 <image> slot(s) but 1 image(s)",
         ),
         "more images than slots": (
             [
@@ -108,13 +129,13 @@ def test_error_in_a_fresh_process_has_no_traceback(tmp_path):
         "--image",
         "skimage:astronaut",
         "--prompt",
-        "no slot",
+        "<image> <image> Compare.",
         "--out",
         str(tmp_path / "o"),
     )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        "error: prompt has no <image> slot: mark where the image goes, e.g. '<image> What is shown?'"
+        "error: prompt has 2 <image> slot(s) but 1 image(s) were given"
     ]
 
 

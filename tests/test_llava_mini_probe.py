@@ -154,7 +154,7 @@ def test_cli_probes_a_video_folder_and_rejects_video_for_image_models(tiny_mini,
         "--out",
         str(tmp_path / "run2"),
     )
-    assert code == 2 and "is a video; this model takes still images" in err
+    assert code == 2 and "is a folder of video frames; this model takes still images" in err
     assert not (tmp_path / "run2").exists()
 
 

@@ -13,10 +13,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from probe.errors import ProbeError
 from probe.inputs import Sample
 from probe.roles import StageRoles
-from probe.video import is_video_source
+from probe.video import is_video_source, video_given_to_still_model
 
 
 def common_prefix_length(a: list[int], b: list[int]) -> int:
@@ -60,9 +59,7 @@ class Adapter(ABC):
         if not self.takes_video:
             for source in sample.image_sources:
                 if is_video_source(source):
-                    raise ProbeError(
-                        f"{source} is a video; this model takes still images (LLaVA-Mini models take video)"
-                    )
+                    raise video_given_to_still_model(source)
 
     @abstractmethod
     def prepare(self, sample: Sample, response_ids: list[int] | None = None) -> Prepared:

@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from probe.results import atomic_write
 
 IMAGE_SIZE = 336
 GRID = 3
@@ -301,15 +301,10 @@ def write_split(out: Path, seed: int, split: str, n: int, progress: bool = False
     for scene in iterator:
         path = image_dir / f"{scene.image_id}.png"
         if not path.is_file():
-            tmp = path.with_suffix(".tmp.png")
-            scene.image().save(tmp, format="PNG")
-            os.replace(tmp, path)
+            atomic_write(path, lambda p, scene=scene: scene.image().save(p, format="PNG"))
         lines.extend(json.dumps(r, sort_keys=True) for r in records(scene))
     target = out / f"{split}.jsonl"
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{split}-", suffix=".jsonl", dir=out)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write("\n".join(lines) + "\n")
-    os.replace(tmp_name, target)
+    atomic_write(target, lambda p: p.write_text("\n".join(lines) + "\n", encoding="utf-8"))
     return target
 
 
@@ -326,7 +321,9 @@ def write_dataset(
         "sizes": sizes,
         "held_out_pairs": sorted(HELD_OUT_PAIRS),
     }
-    (out / "dataset.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    atomic_write(
+        out / "dataset.json", lambda p: p.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    )
     return paths
 
 

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from probe.inputs import Sample
 from probe.organism import data as D
+from probe.results import atomic_write
 
 
 def first_word(text: str) -> str:
@@ -34,10 +35,7 @@ def blank_image_path() -> Path:
 
     path = probe_home() / "organism-data" / "blank.png"
     if not path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(".blank.tmp.png")
-        D.blank_image().save(tmp, format="PNG")
-        tmp.replace(path)
+        atomic_write(path, lambda p: D.blank_image().save(p, format="PNG"))
     return path
 
 
