@@ -85,19 +85,24 @@ def grid_maps(rows: pd.DataFrame, image: int = 0) -> dict[int, np.ndarray]:
     return _grid_maps(rows, image)[0]
 
 
-def _grid_maps(rows: pd.DataFrame, image: int) -> tuple[dict[int, np.ndarray], int]:
-    """(maps, number of queries that see the image)."""
+def _grid_maps(rows: pd.DataFrame, image: int) -> tuple[dict[int, np.ndarray], int, float]:
+    """(maps, number of queries that see the image, smallest share of the image's attention the grid
+    shows in any layer: 1 for LLaVA-v1.5, less for LLaVA-NeXT, whose high-res crops are not on the grid)."""
     rows = rows[rows["image"] == image].sort_values(["layer", "query", "row", "col"])
     if rows.empty:
         raise ValueError(f"no grid rows for image {image}")
     shape = (int(rows["row"].max()) + 1, int(rows["col"].max()) + 1)
-    maps, n_seen = {}, 0
+    maps, n_seen, covered = {}, 0, 1.0
     for layer, part in rows.groupby("layer", sort=True):
         weights = part["weight"].to_numpy(dtype=np.float64).reshape(-1, *shape)  # [Q, rows, cols]
         seen = weights.reshape(len(weights), -1).sum(1) > 0
         maps[int(layer)] = weights[seen].mean(0) if seen.any() else np.zeros(shape)
         n_seen = max(n_seen, int(seen.sum()))
-    return maps, n_seen
+        if "image_mass" in part and seen.any():
+            total = part["image_mass"].to_numpy(dtype=np.float64)[:: shape[0] * shape[1]][seen].sum()
+            if total > 0:
+                covered = min(covered, float(weights[seen].sum() / total))
+    return maps, n_seen, covered
 
 
 def fit_picture(image: Image.Image, fit: str = "crop", side: int = PICTURE_SIDE) -> np.ndarray:
@@ -182,8 +187,12 @@ def plot_grid_attention(
     layers = pick_layers(rows["layer"], n_layers) if layers is None else [int(x) for x in layers]
     check_layers(layers, set(rows["layer"]))
     computed = {k: _grid_maps(rows, k) for k in images}
-    maps = {k: m for k, (m, _) in computed.items()}
-    row_label = {k: f"image {k} ({n} quer{'y' if n == 1 else 'ies'})" for k, (_, n) in computed.items()}
+    maps = {k: m for k, (m, _, _) in computed.items()}
+    row_label = {
+        k: f"image {k} ({n} quer{'y' if n == 1 else 'ies'})"
+        + (f"\ngrid shows {covered:.0%} of its attention" if covered < 0.995 else "")
+        for k, (_, n, covered) in computed.items()
+    }
     loaded = {
         k: _load_picture(pictures[k]) if pictures is not None and k < len(pictures) else None for k in images
     }

@@ -37,6 +37,7 @@ GRID_COLUMNS = [
     "row",
     "col",
     "weight",
+    "image_mass",  # the query's attention onto every token of the image; sum(weight) / image_mass = covered share
 ]
 GRID_STAGE = "llm"
 ROLE_SELECTORS = ("instruction", "last", "response")
@@ -131,6 +132,9 @@ def grid_table(
             role_ids = roles.role_ids[:b, positions]  # [b, q]
             labels = np.asarray(list(roles.labels) + ["padding"], dtype=object)
             query_role = np.repeat(labels[role_ids.reshape(-1).numpy()], n_rows * n_cols)
+            # every token of the image (LLaVA-NeXT: crops and newline tokens too, which the grid does not show)
+            image_role = roles.labels.index(f"image:{image}")
+            image_mass = s.mass[:b, positions, image_role].double().numpy()  # [b, q]
             token = np.asarray(list(tokens) if tokens is not None else [""] * q, dtype=object)
             query_token = np.tile(np.repeat(token, n_rows * n_cols), b)
             frames.append(
@@ -146,6 +150,7 @@ def grid_table(
                         "row": np.tile(np.repeat(np.arange(n_rows), n_cols), b * q),
                         "col": np.tile(np.arange(n_cols), b * q * n_rows),
                         "weight": weight,
+                        "image_mass": np.repeat(image_mass.reshape(-1), n_rows * n_cols),
                     }
                 )
             )
@@ -165,4 +170,5 @@ def to_grid_table(frames: Sequence[pd.DataFrame]) -> pd.DataFrame:
     for column in ("sample", "stage", "query_role", "query_token"):
         df[column] = df[column].astype(object)
     df["weight"] = df["weight"].astype("float64")
+    df["image_mass"] = df["image_mass"].astype("float64")
     return df

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import os
 
+import matplotlib.pyplot as plt
 import pytest
 import torch
 from PIL import Image
 
 import probe
+from analyses.attention_maps import plot_grid_attention
 from probe.errors import ProbeError
 from probe.inputs import make_sample
 from probe.zoo import REGISTRY, get_family, materialise
@@ -102,3 +104,29 @@ def test_zoo_names_and_errors(tmp_path):
         probe.load(str(tmp_path), device="cpu")
     with pytest.raises(ProbeError, match="unknown dtype"):
         probe.load("tiny-llava", device="cpu", dtype="int3")
+
+
+def test_grid_rows_say_how_much_of_the_images_attention_the_grid_shows(tiny_llava, tiny_llava_next, images):
+    """LLaVA-NeXT's grid is the base 24 x 24 view; its crops and newline tokens hold the rest of the image."""
+    kwargs = dict(prompt="<image> Describe.", queries="response", response="a red square", backend="eager")
+    for loaded, picture in ((tiny_llava, "skimage:astronaut"), (tiny_llava_next, images[0])):
+        grid = probe.attention_maps(loaded, picture, **kwargs)
+        table = probe.attention(loaded, image=picture, prompt=kwargs["prompt"], response=kwargs["response"])
+        per_query = grid.groupby(["layer", "query"]).agg(
+            shown=("weight", "sum"), mass=("image_mass", "first")
+        )
+        # image_mass of the response queries, averaged, is the table's response -> image mass
+        rows = table[(table["grouping"] == "fine") & table["head"].isna() & (table["tgt"] == "response")]
+        expected = rows[rows["src"] == "image:0"].set_index("layer")["mass"]
+        got = per_query.groupby("layer")["mass"].mean()
+        assert got.to_numpy() == pytest.approx(expected.loc[got.index].to_numpy(), abs=1e-5)
+        share = per_query["shown"] / per_query["mass"]
+        figure = plot_grid_attention(grid)
+        labels = " ".join(ax.get_ylabel() + ax.get_title() for ax in figure.axes)
+        plt.close(figure)
+        if loaded is tiny_llava:
+            assert share.to_numpy() == pytest.approx(1.0, abs=1e-5)  # the grid is the whole image
+            assert "grid shows" not in labels
+        else:
+            assert (share < 0.5).all() and (share > 0).all()  # base view of 576 among ~2900 image tokens
+            assert f"grid shows {share.min():.0%} of its attention" in labels
