@@ -155,9 +155,11 @@ def load_llava_mini(
     family: str = "llava_mini",
     dtype: torch.dtype = torch.float32,
     local_files_only: bool = False,
+    device_map: str | None = None,
     **_,
 ):
-    """-> (LlavaMiniForConditionalGeneration, LlavaMiniProcessor) from a directory or hub id (zoo loader)."""
+    """-> (LlavaMiniForConditionalGeneration, LlavaMiniProcessor) from a directory or hub id (zoo loader);
+    `device_map` (e.g. "cuda") loads the weights straight onto that device."""
     path = checkpoint_dir(str(source), local_files_only)
     config_file = path / "config.json"
     if not config_file.is_file():
@@ -177,7 +179,12 @@ def load_llava_mini(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = LlavaMiniForConditionalGeneration.from_pretrained(
-            path, config=config, dtype=dtype, local_files_only=True, attn_implementation="sdpa"
+            path,
+            config=config,
+            dtype=dtype,
+            local_files_only=True,
+            attn_implementation="sdpa",
+            **({"device_map": device_map} if device_map else {}),
         )
     if model.model.vision_tower is None:
         attach_vision_tower(model, local_files_only)

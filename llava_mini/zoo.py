@@ -50,7 +50,11 @@ def _loader(source, family, dtype, **kwargs):
     from llava_mini.loading import load_llava_mini
 
     return load_llava_mini(
-        source, family, dtype, local_files_only=bool(kwargs.get("local_files_only", False))
+        source,
+        family,
+        dtype,
+        local_files_only=bool(kwargs.get("local_files_only", False)),
+        device_map=kwargs.get("device_map"),
     )
 
 

@@ -183,6 +183,7 @@ def manifest_for(loaded: LoadedModel, options: AttentionOptions, samples: list[S
         "model_config": config,
         "device": str(loaded.adapter.device),
         "dtype": str(next(loaded.model.parameters()).dtype).removeprefix("torch."),
+        "attn_implementation": loaded.adapter.current_attention(),
         "options": {
             "backend": options.backend,
             "per_head": options.per_head,

@@ -92,6 +92,11 @@ def _default_out(model: str) -> Path:
     show_default=True,
     help="auto (fp32 on CPU, bf16 on CUDA), float32, bfloat16, float16.",
 )
+@click.option(
+    "--attn",
+    type=click.Choice(["sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention"]),
+    help="The language model's attention implementation [default: sdpa]; native statistics run inside it.",
+)
 @click.option("--seed", default=0, show_default=True, type=int)
 def attention_command(
     model_name,
@@ -109,6 +114,7 @@ def attention_command(
     overwrite,
     device,
     dtype,
+    attn,
     seed,
 ) -> None:
     """Per-layer attention mass and entropy on vision / instruction / response tokens (paper Figs. 2-3)."""
@@ -150,7 +156,7 @@ def attention_command(
     )
     check_grid_options(options, samples)  # before the model loads
     _quiet_libraries()
-    loaded = load(model_name, device=device, dtype=dtype)
+    loaded = load(model_name, device=device, dtype=dtype, attn=attn)
     table = run_attention(
         loaded,
         samples,

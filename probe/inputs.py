@@ -7,7 +7,6 @@ one line that says what to fix.
 from __future__ import annotations
 
 import json
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from probe.errors import ProbeError
+from probe.notes import note
 from probe.video import FRAME_EXTENSIONS, is_video_source, verify_video, video_given_to_still_model
 
 IMAGE_SLOT = "<image>"
@@ -107,10 +107,7 @@ def note_images_placed(count: int, total: int) -> None:
     """Say once per prompt / dataset that images were placed for the user (stderr, so tables stay clean)."""
     if count:
         which = "the prompt has" if total == 1 else f"{count} of {total} prompts have"
-        print(
-            f"note: {which} no {IMAGE_SLOT} slot: the image(s) go before the text (LLaVA convention)",
-            file=sys.stderr,
-        )
+        note(f"{which} no {IMAGE_SLOT} slot: the image(s) go before the text (LLaVA convention)")
 
 
 def make_sample(

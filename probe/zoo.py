@@ -317,14 +317,23 @@ def parse_device(device: str) -> torch.device:
         raise ProbeError(f"unknown device '{device}': use cpu, cuda or auto") from None
 
 
-def load(name_or_path: str, device: str = "auto", dtype: str = "auto") -> LoadedModel:
-    """Load a zoo name, hub id or local directory, ready to probe."""
+def load(
+    name_or_path: str, device: str = "auto", dtype: str = "auto", attn: str | None = None
+) -> LoadedModel:
+    """Load a zoo name, hub id or local directory, ready to probe.
+
+    Weights go straight to `device` (a 13B fits a host with less RAM than its weights). `attn` sets the
+    language model's attention implementation (default: SDPA); the vision tower keeps its own.
+    """
     source, family, spec, local_only = resolve(name_or_path)
     torch_device = parse_device(device)
     torch_dtype = parse_dtype(dtype, torch_device)
     family_impl = get_family(family)
+    placement = {"device_map": str(torch_device)} if torch_device.type != "cpu" else {}
     try:
-        model, processor = family_impl.loader(source, family, torch_dtype, local_files_only=local_only)
+        model, processor = family_impl.loader(
+            source, family, torch_dtype, local_files_only=local_only, **placement
+        )
     except ProbeError:
         raise
     except OSError as exc:
@@ -335,6 +344,8 @@ def load(name_or_path: str, device: str = "auto", dtype: str = "auto") -> Loaded
         ) from None
     model = model.to(torch_device).eval()
     adapter = family_impl.adapter(model, processor)
+    if attn is not None:
+        set_attention_implementation(adapter, attn)
     revision = getattr(model.config, "_commit_hash", None)
     return LoadedModel(
         name=name_or_path,
@@ -345,6 +356,14 @@ def load(name_or_path: str, device: str = "auto", dtype: str = "auto") -> Loaded
         adapter=adapter,
         revision=revision,
     )
+
+
+def set_attention_implementation(adapter, attn: str) -> None:
+    """Route the probed stages through `attn`; one line if this machine or model cannot run it."""
+    try:
+        adapter.set_attention(attn)
+    except (ImportError, ValueError, RuntimeError) as exc:
+        raise ProbeError(f"cannot use attention implementation '{attn}': {_first_line(exc)}") from None
 
 
 def get_family(family: str) -> Family:

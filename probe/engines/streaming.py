@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import contextvars
 import math
-import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -47,6 +46,7 @@ from probe.adapters.base import Adapter, Prepared
 from probe.engines import register_engine
 from probe.errors import ProbeError
 from probe.intermediate import LayerStats, concat_sequences, entropy_from_parts
+from probe.notes import note
 from probe.precision import full_fp32_matmul
 from probe.roles import StageRoles
 
@@ -183,11 +183,12 @@ def instrumented_attention(adapter: Adapter) -> Iterator[str]:
     """
     name = adapter.current_attention()
     if name in (None, "eager") or name not in ALL_ATTENTION_FUNCTIONS:
-        warnings.warn(
-            f"the native backend runs this model's language model on SDPA instead of its '{name}' attention "
-            "(the statistics are exact either way; use --backend eager to keep the eager forward)",
-            stacklevel=3,
-        )
+        if not getattr(adapter, "_told_native_runs_sdpa", False):  # once per model, not per sample
+            note(
+                f"the native backend runs the language model on SDPA instead of its '{name}' attention "
+                "(the statistics are exact either way; --backend eager keeps the eager forward)"
+            )
+            adapter._told_native_runs_sdpa = True
         with adapter.attention_implementation("sdpa"), instrumented_attention(adapter) as used:
             yield used
         return
