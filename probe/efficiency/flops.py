@@ -152,13 +152,14 @@ def counting() -> Iterator[Count]:
 
 
 # --- the real modules on meta -------------------------------------------------------------------------
-def build_meta_model(setup: Setup) -> nn.Module:
-    """The model of `setup` with its attention routed through the recording function; meta weights."""
+def build_meta_model(setup: Setup, attention: str = RECORDING) -> nn.Module:
+    """The model of `setup` on meta (no weights), its attention routed through `attention` (by default the
+    recording function)."""
     register_recording()
     config = setup.config
     for sub in (config, getattr(config, "text_config", None), getattr(config, "vision_config", None)):
         if sub is not None:
-            sub._attn_implementation = RECORDING
+            sub._attn_implementation = attention
     if setup.family == "llava_mini":
         from llava_mini.modeling import LlavaMiniForConditionalGeneration as model_cls
     elif setup.family == "llava_next":

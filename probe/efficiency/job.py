@@ -1,0 +1,221 @@
+"""`probe efficiency`: FLOPs, memory and (optionally) latency of one or more models -> tidy table + figures.
+
+Everything the user asked for is validated first (`plan`), so bad input costs nothing. Counting on the meta
+device takes seconds per model, so a run is not resumable: it is rewritten whole, each file atomically.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import click
+import pandas as pd
+
+from probe.efficiency.flops import COMPONENTS, build_meta_model, count_stages, flops_rows
+from probe.efficiency.memory import DTYPE_BYTES, memory_rows, parameter_counts
+from probe.efficiency.setups import Request, Setup, make_setup, with_queries
+from probe.errors import ProbeError
+
+SWEEP_QUERIES = (1, 2, 4, 8, 12, 24)  # C; C^2 = 1, 4, 16, 64, 144, 576 (the paper's Figs. 7-8)
+TABLE = "efficiency"
+
+
+@dataclass
+class EfficiencyOptions:
+    models: list[str]  # --model first, then every --compare
+    request: Request = field(default_factory=Request)
+    queries: int | None = None  # LLaVA-Mini knobs: apply to --model only
+    prefusion: int | None = None
+    kind: str | None = None
+    dtypes: list[str] = field(default_factory=lambda: ["float16"])
+    components: list[str] | None = None
+    measure: bool = False
+    repeats: int = 5
+    device: str = "auto"
+
+
+def plan(options: EfficiencyOptions) -> list[Setup]:
+    """Every model's setup, every option checked; raises ProbeError before any work."""
+    for dtype in options.dtypes:
+        if dtype not in DTYPE_BYTES:
+            raise ProbeError(f"unknown dtype '{dtype}': use {', '.join(DTYPE_BYTES)}")
+    for component in options.components or []:
+        if component not in COMPONENTS:
+            raise ProbeError(f"unknown component '{component}': use {', '.join(COMPONENTS)}")
+    if options.repeats < 1:
+        raise ProbeError(f"--repeats must be >= 1, got {options.repeats}")
+    setups = [
+        make_setup(options.models[0], options.request, options.queries, options.prefusion, options.kind)
+    ]
+    setups += [make_setup(name, options.request) for name in options.models[1:]]
+    if options.measure:
+        from probe.efficiency.latency import check_measurable
+        from probe.zoo import parse_device
+
+        device = parse_device(options.device)
+        for setup in setups:
+            check_measurable(setup, sum(parameter_counts(setup, build_meta_model(setup)).values()), device)
+    return setups
+
+
+def _describe(setup: Setup, setting: str) -> dict:
+    config, request = setup.config, setup.request
+    mini = setup.family == "llava_mini"
+    return {
+        "model": setup.model,
+        "label": setup.label,
+        "family": setup.family,
+        "setting": setting,
+        "queries": config.compressor_size if mini else None,
+        "prefusion": config.prefusion_layer_num if mini else None,
+        "kind": config.compression_kind if mini else "",
+        "resolution": request.resolution,
+        "frames": request.frames,
+        "prompt_tokens": request.prompt_tokens,
+        "response_tokens": request.response_tokens,
+        "llm_vision_tokens": setup.llm_vision_tokens,
+        "llm_tokens": setup.llm_tokens,
+    }
+
+
+def setup_rows(setup: Setup, options: EfficiencyOptions) -> list[dict]:
+    """FLOPs and memory of one setup, plus the FLOPs of its C sweep (LLaVA-Mini models)."""
+    model = build_meta_model(setup)
+    rows = [
+        {**_describe(setup, "main"), "dtype": "", **r} for r in flops_rows(count_stages(setup, model), setup)
+    ]
+    rows += [{**_describe(setup, "main"), **r} for r in memory_rows(setup, model, options.dtypes)]
+    if setup.family == "llava_mini":
+        for c in SWEEP_QUERIES:
+            if c != setup.config.compressor_size:
+                variant = with_queries(setup, c)
+                counts = count_stages(variant)
+                rows += [
+                    {**_describe(variant, "sweep"), "dtype": "", **r} for r in flops_rows(counts, variant)
+                ]
+    return rows
+
+
+def measured_rows(setup: Setup, options: EfficiencyOptions) -> list[dict]:
+    from probe.efficiency.latency import latency_rows, load_for_timing, measure
+    from probe.zoo import parse_device, parse_dtype
+
+    device = parse_device(options.device)
+    dtype = parse_dtype("auto" if device.type == "cpu" else options.dtypes[0], device)
+    model = load_for_timing(setup, device, dtype)
+    first, per_token, peak = measure(setup, model, device, dtype, options.repeats)
+    del model
+    name = str(dtype).removeprefix("torch.")
+    return [{**_describe(setup, "main"), **r} for r in latency_rows(first, per_token, peak, name)]
+
+
+def ratio_rows(table: pd.DataFrame) -> list[dict]:
+    """Each measured model's median latency divided by the first model's (`--model`), as rows."""
+    rows = []
+    for quantity in ("latency_first_token_ms", "latency_per_token_ms"):
+        medians = table[(table.quantity == quantity) & (table.convention == "median")]
+        if len(medians) < 2:
+            continue
+        base = medians.iloc[0]
+        for _, row in medians.iloc[1:].iterrows():
+            ratio = {**row.to_dict(), "quantity": quantity.replace("_ms", "_ratio"), "unit": "x"}
+            ratio.update(convention=f"vs {base.label}", value=row.value / base.value)
+            rows.append(ratio)
+    return rows
+
+
+def run_efficiency(options: EfficiencyOptions, out: Path) -> pd.DataFrame:
+    from probe.results import versions, write_json, write_table
+
+    setups = plan(options)
+    rows: list[dict] = []
+    for setup in setups:
+        click.echo(f"counting {setup.label} on the meta device ...", err=True)
+        rows += setup_rows(setup, options)
+    if options.measure:
+        for setup in setups:
+            click.echo(f"measuring {setup.label} ({options.repeats} repeats after 1 warm-up) ...", err=True)
+            rows += measured_rows(setup, options)
+    table = pd.DataFrame(rows)
+    table = pd.concat([table, pd.DataFrame(ratio_rows(table))], ignore_index=True)
+    if options.components:
+        keep = set(options.components) | {"total"}
+        table = table[~table.quantity.str.startswith("flops") | table.component.isin(keep)]
+    table = table.reset_index(drop=True)
+    out = Path(out)
+    write_table(table, out, TABLE)
+    figures = save_figures(table, out)
+    write_json(
+        out / "manifest.json",
+        {
+            "command": "efficiency",
+            "options": {**options.__dict__, "request": options.request.__dict__},
+            "models": {
+                s.label: {"family": s.family, "config_source": s.source, "config": s.config.to_dict()}
+                for s in setups
+            },
+            "table": f"{TABLE}.parquet",
+            "figures": figures,
+            "versions": versions(),
+        },
+    )
+    return table
+
+
+def save_figures(table: pd.DataFrame, out: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from analyses import efficiency as figs
+
+    made = []
+    for name, draw in (
+        ("flops_vs_vision_tokens.png", figs.plot_flops_vs_vision_tokens),
+        ("flops_by_component.png", figs.plot_flops_by_component),
+        ("memory_vs_video_length.png", figs.plot_memory_vs_video_length),
+        ("latency_vs_vision_tokens.png", figs.plot_latency_vs_vision_tokens),
+    ):
+        figure = draw(table)
+        if figure is None:
+            continue
+        from probe.results import atomic_write
+
+        atomic_write(
+            out / name, lambda p, figure=figure: figure.savefig(p, dpi=120, bbox_inches="tight", format="png")
+        )
+        plt.close(figure)
+        made.append(name)
+    return made
+
+
+def summary_lines(table: pd.DataFrame) -> list[str]:
+    """One line per model: vision tokens, prefill TFLOPs in both conventions, KV MiB per image, frames in 24 GiB."""
+    main = table[table.setting == "main"]
+    lines = []
+    for label, rows in main.groupby("label", sort=False):
+
+        def value(quantity, convention=None, component="total", dtype=None, rows=rows):
+            sel = rows[(rows.quantity == quantity) & (rows.component == component)]
+            if convention is not None:
+                sel = sel[sel.convention == convention]
+            if dtype is not None:
+                sel = sel[sel.dtype == dtype]
+            return sel.value.iloc[0] if len(sel) else float("nan")
+
+        dtype = rows[rows.quantity == "kv_bytes_per_image"].dtype.iloc[0]
+        line = (
+            f"{label}: {int(rows.llm_vision_tokens.iloc[0])} vision tokens/image, prefill "
+            f"{value('flops_prefill', 'dense') / 1e12:.2f} TFLOPs dense / "
+            f"{value('flops_prefill', 'dense+attention') / 1e12:.2f} with attention; KV "
+            f"{value('kv_bytes_per_image', component='llm', dtype=dtype) / 2**20:.3f} MiB/image ({dtype}); "
+            f"frames in 24 GiB: {value('frames_fit_24gib', 'kv-only', dtype=dtype):.0f} (KV only), "
+            f"{value('frames_fit_24gib', 'weights+kv+activations', dtype=dtype):.0f} (after weights)"
+        )
+        first = value("latency_first_token_ms", "median")
+        if first == first:
+            line += f"; first token {first:.1f} ms, {value('latency_per_token_ms', 'median'):.1f} ms/token"
+        lines.append(line)
+    return lines
