@@ -208,8 +208,8 @@ def summary_lines(table: pd.DataFrame) -> list[str]:
         dtype = rows[rows.quantity == "kv_bytes_per_image"].dtype.iloc[0]
         line = (
             f"{label}: {int(rows.llm_vision_tokens.iloc[0])} vision tokens/image, prefill "
-            f"{value('flops_prefill', 'dense') / 1e12:.2f} TFLOPs dense / "
-            f"{value('flops_prefill', 'dense+attention') / 1e12:.2f} with attention; KV "
+            f"{_flops(value('flops_prefill', 'dense'))} dense / "
+            f"{_flops(value('flops_prefill', 'dense+attention'))} with attention; KV "
             f"{value('kv_bytes_per_image', component='llm', dtype=dtype) / 2**20:.3f} MiB/image ({dtype}); "
             f"frames in 24 GiB: {value('frames_fit_24gib', 'kv-only', dtype=dtype):.0f} (KV only), "
             f"{value('frames_fit_24gib', 'weights+kv+activations', dtype=dtype):.0f} (after weights)"
@@ -218,4 +218,10 @@ def summary_lines(table: pd.DataFrame) -> list[str]:
         if first == first:
             line += f"; first token {first:.1f} ms, {value('latency_per_token_ms', 'median'):.1f} ms/token"
         lines.append(line)
+    for row in table[table.quantity.str.endswith("_ratio")].itertuples():
+        lines.append(f"{row.label} {row.convention}: {row.quantity.replace('_', ' ')} = {row.value:.3f}x")
     return lines
+
+
+def _flops(value: float) -> str:
+    return f"{value / 1e12:.3f} TFLOPs" if value >= 1e11 else f"{value / 1e9:.3f} GFLOPs"
