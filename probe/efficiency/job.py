@@ -97,17 +97,17 @@ def setup_rows(setup: Setup, options: EfficiencyOptions) -> list[dict]:
     return rows
 
 
-def measured_rows(setup: Setup, options: EfficiencyOptions) -> list[dict]:
-    from probe.efficiency.latency import latency_rows, load_for_timing, measure
+def measured_rows(setups: list[Setup], options: EfficiencyOptions) -> list[dict]:
+    """Latency of every model, measured side by side (all loaded at once, repeats interleaved)."""
+    from probe.efficiency.latency import Timing, latency_rows, load_for_timing, measure_side_by_side
     from probe.zoo import parse_device, parse_dtype
 
     device = parse_device(options.device)
     dtype = parse_dtype("auto" if device.type == "cpu" else options.dtypes[0], device)
-    model = load_for_timing(setup, device, dtype)
-    first, per_token, peak = measure(setup, model, device, dtype, options.repeats)
-    del model
+    timings = [Timing(setup, load_for_timing(setup, device, dtype), device) for setup in setups]
+    measure_side_by_side(timings, dtype, options.repeats)
     name = str(dtype).removeprefix("torch.")
-    return [{**_describe(setup, "main"), **r} for r in latency_rows(first, per_token, peak, name)]
+    return [{**_describe(t.setup, "main"), **row} for t in timings for row in latency_rows(t, name)]
 
 
 def ratio_rows(table: pd.DataFrame) -> list[dict]:
@@ -134,9 +134,9 @@ def run_efficiency(options: EfficiencyOptions, out: Path) -> pd.DataFrame:
         click.echo(f"counting {setup.label} on the meta device ...", err=True)
         rows += setup_rows(setup, options)
     if options.measure:
-        for setup in setups:
-            click.echo(f"measuring {setup.label} ({options.repeats} repeats after 1 warm-up) ...", err=True)
-            rows += measured_rows(setup, options)
+        names = ", ".join(s.label for s in setups)
+        click.echo(f"measuring {names} side by side ({options.repeats} rounds after 1 warm-up) ...", err=True)
+        rows += measured_rows(setups, options)
     table = pd.DataFrame(rows)
     table = pd.concat([table, pd.DataFrame(ratio_rows(table))], ignore_index=True)
     if options.components:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import torch
 
@@ -89,52 +90,65 @@ def _timer(device: torch.device) -> Callable[[Callable[[], object]], float]:
     return cuda if device.type == "cuda" else cpu
 
 
-def measure(
-    setup: Setup,
-    model: torch.nn.Module,
-    device: torch.device,
-    dtype: torch.dtype,
-    repeats: int,
-    warmup: int = 1,
-) -> tuple[list[float], list[float], int | None]:
-    """-> (first-token ms per repeat, per-token decode ms per repeat, CUDA peak bytes or None)."""
-    from llava_mini.compat import cache_kwargs, cache_of
+@dataclass
+class Timing:
+    """One model's request, runnable again and again: prefill, then R - 1 greedy decode steps on its cache."""
 
-    inputs = synthetic_inputs(setup, device, dtype)
-    steps = setup.request.response_tokens - 1
-    run = _timer(device)
-    first, per_token = [], []
-    state: dict = {}
+    setup: Setup
+    model: torch.nn.Module
+    device: torch.device
+    first: list[float] = field(default_factory=list)  # ms per timed repeat
+    per_token: list[float] = field(default_factory=list)
+    peak_extra: int | None = None  # CUDA: peak allocated during a run minus allocated before it
 
-    def prefill():
-        out = model(**inputs, use_cache=True, logits_to_keep=1)
-        state["cache"] = cache_of(out)
-        state["next"] = out.logits[:, -1:].argmax(-1)
+    def run_once(self, dtype: torch.dtype, record: bool) -> None:
+        from llava_mini.compat import cache_kwargs, cache_of
 
-    def decode():
-        for _ in range(steps):
-            out = model(
-                input_ids=state["next"], use_cache=True, logits_to_keep=1, **cache_kwargs(state["cache"])
-            )
-            state["cache"] = cache_of(out)
-            state["next"] = out.logits[:, -1:].argmax(-1)
+        inputs = synthetic_inputs(self.setup, self.device, dtype)
+        steps = self.setup.request.response_tokens - 1
+        timer, state = _timer(self.device), {}
 
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    with torch.inference_mode():
-        for i in range(warmup + repeats):
-            t_first = run(prefill)
-            t_decode = run(decode) / steps if steps else float("nan")
-            if i >= warmup:
-                first.append(t_first)
-                per_token.append(t_decode)
-    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
-    return first, per_token, peak
+        def prefill():
+            out = self.model(**inputs, use_cache=True, logits_to_keep=1)
+            state["cache"], state["next"] = cache_of(out), out.logits[:, -1:].argmax(-1)
+
+        def decode():
+            for _ in range(steps):
+                out = self.model(
+                    input_ids=state["next"], use_cache=True, logits_to_keep=1, **cache_kwargs(state["cache"])
+                )
+                state["cache"], state["next"] = cache_of(out), out.logits[:, -1:].argmax(-1)
+
+        cuda = self.device.type == "cuda"
+        if cuda:
+            torch.cuda.synchronize(self.device)
+            before = torch.cuda.memory_allocated(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+        with torch.inference_mode():
+            t_first = timer(prefill)
+            t_decode = timer(decode) / steps if steps else float("nan")
+        if cuda:
+            extra = torch.cuda.max_memory_allocated(self.device) - before
+            self.peak_extra = max(self.peak_extra or 0, extra)
+        if record:
+            self.first.append(t_first)
+            self.per_token.append(t_decode)
 
 
-def latency_rows(first: list[float], per_token: list[float], peak: int | None, dtype: str) -> list[dict]:
+def measure_side_by_side(timings: list[Timing], dtype: torch.dtype, repeats: int, warmup: int = 1) -> None:
+    """Round-robin: each round runs every model once, so load on a shared machine hits all of them alike and
+    their ratio stays meaningful; the first `warmup` rounds are not recorded."""
+    for round_ in range(warmup + repeats):
+        for timing in timings:
+            timing.run_once(dtype, record=round_ >= warmup)
+
+
+def latency_rows(timing: Timing, dtype: str) -> list[dict]:
     rows = []
-    for quantity, values in (("latency_first_token_ms", first), ("latency_per_token_ms", per_token)):
+    for quantity, values in (
+        ("latency_first_token_ms", timing.first),
+        ("latency_per_token_ms", timing.per_token),
+    ):
         quartiles = statistics.quantiles(values, n=4) if len(values) > 1 else [values[0]] * 3
         for stat, value in (
             ("median", statistics.median(values)),
@@ -153,13 +167,13 @@ def latency_rows(first: list[float], per_token: list[float], peak: int | None, d
                 "unit": "n",
             }
         )
-    if peak is not None:
+    if timing.peak_extra is not None:  # compare with the estimate: kv_bytes_request + activation_peak_bytes
         rows.append(
             {
                 "quantity": "measured_peak_bytes",
                 "component": "total",
-                "convention": "cuda",
-                "value": peak,
+                "convention": "cuda, above weights",
+                "value": timing.peak_extra,
                 "unit": "bytes",
             }
         )

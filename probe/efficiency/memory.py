@@ -110,6 +110,14 @@ def memory_rows(setup: Setup, model: nn.Module, dtypes: list[str]) -> list[dict]
                 "bytes",
                 dtype,
             ),
+            _row(  # what --measure's measured_peak_bytes (above weights) is compared with
+                "estimated_peak_bytes",
+                "total",
+                "kv+activations, above weights",
+                per_token * setup.llm_tokens + activation_peak_bytes(setup, size),
+                "bytes",
+                dtype,
+            ),
         ]
         fixed = (
             weights + per_token * setup.request.prompt_tokens + activation_peak_bytes(setup, size, frames=1)
