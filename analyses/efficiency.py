@@ -65,6 +65,7 @@ def plot_memory_vs_video_length(table: pd.DataFrame, hours: float = 3.0, fps: fl
         ax.plot(seconds / 60, (weights + seconds * fps * per_frame) / GIB, label=label)
     for budget in (24, 40, 80):
         ax.axhline(budget, color="grey", lw=0.8, ls="--")
+        ax.annotate(f"{budget} GiB", (0, budget), fontsize=7, color="grey", va="bottom")
     ax.set_yscale("log")
     ax.set_xlabel(f"video length (minutes, {fps:g} fps)")
     ax.set_ylabel(f"weights + KV cache (GiB, {dtype})")

@@ -6,6 +6,7 @@ device takes seconds per model, so a run is not resumable: it is rewritten whole
 
 from __future__ import annotations
 
+import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -111,17 +112,34 @@ def measured_rows(setups: list[Setup], options: EfficiencyOptions) -> list[dict]
 
 
 def ratio_rows(table: pd.DataFrame) -> list[dict]:
-    """Each measured model's median latency divided by the first model's (`--model`), as rows."""
+    """Each measured model's latency over the first model's (`--model`), paired round by round (both ran in
+    the same round, under the same load): median, 25th and 75th percentile of the per-round ratios."""
     rows = []
     for quantity in ("latency_first_token_ms", "latency_per_token_ms"):
-        medians = table[(table.quantity == quantity) & (table.convention == "median")]
-        if len(medians) < 2:
+        rounds = table[(table.quantity == quantity) & table.convention.str.startswith("round ")]
+        if rounds.label.nunique() < 2:
             continue
-        base = medians.iloc[0]
-        for _, row in medians.iloc[1:].iterrows():
-            ratio = {**row.to_dict(), "quantity": quantity.replace("_ms", "_ratio"), "unit": "x"}
-            ratio.update(convention=f"vs {base.label}", value=row.value / base.value)
-            rows.append(ratio)
+        wide = rounds.pivot_table(index="convention", columns="label", values="value", sort=False)
+        labels = list(dict.fromkeys(rounds.label))
+        base = labels[0]
+        for label in labels[1:]:
+            ratios = (wide[label] / wide[base]).tolist()
+            quartiles = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3
+            first = rounds[rounds.label == label].iloc[0].to_dict()
+            for stat, value in (
+                ("", statistics.median(ratios)),
+                (" p25", quartiles[0]),
+                (" p75", quartiles[2]),
+            ):
+                rows.append(
+                    {
+                        **first,
+                        "quantity": quantity.replace("_ms", "_ratio"),
+                        "convention": f"vs {base}{stat}",
+                        "value": value,
+                        "unit": "x",
+                    }
+                )
     return rows
 
 
@@ -214,12 +232,24 @@ def summary_lines(table: pd.DataFrame) -> list[str]:
             f"frames in 24 GiB: {value('frames_fit_24gib', 'kv-only', dtype=dtype):.0f} (KV only), "
             f"{value('frames_fit_24gib', 'weights+kv+activations', dtype=dtype):.0f} (after weights)"
         )
+        context = value("frames_fit_context", "max_position_embeddings", component="llm")
+        if rows.frames.iloc[0] > context:
+            line += f"; NOTE: {int(rows.frames.iloc[0])} frames exceed the LLM's window ({int(context)} fit)"
         first = value("latency_first_token_ms", "median")
         if first == first:
             line += f"; first token {first:.1f} ms, {value('latency_per_token_ms', 'median'):.1f} ms/token"
         lines.append(line)
-    for row in table[table.quantity.str.endswith("_ratio")].itertuples():
-        lines.append(f"{row.label} {row.convention}: {row.quantity.replace('_', ' ')} = {row.value:.3f}x")
+    ratios = table[table.quantity.str.endswith("_ratio")].set_index(["label", "quantity", "convention"]).value
+    for (label, quantity, convention), value in ratios.items():
+        if not convention.endswith((" p25", " p75")):
+            low, high = (
+                ratios[label, quantity, f"{convention} p25"],
+                ratios[label, quantity, f"{convention} p75"],
+            )
+            name = quantity.replace("_", " ")
+            lines.append(
+                f"{label} {convention}: {name} = {value:.3f}x (paired rounds, IQR {low:.3f}-{high:.3f})"
+            )
     return lines
 
 

@@ -158,15 +158,16 @@ def latency_rows(timing: Timing, dtype: str) -> list[dict]:
             rows.append(
                 {"quantity": quantity, "component": "total", "convention": stat, "value": value, "unit": "ms"}
             )
-        rows.append(
-            {
-                "quantity": quantity,
-                "component": "total",
-                "convention": "repeats",
-                "value": len(values),
-                "unit": "n",
-            }
-        )
+        for i, value in enumerate(values):  # every round, so ratios can be paired round by round
+            rows.append(
+                {
+                    "quantity": quantity,
+                    "component": "total",
+                    "convention": f"round {i}",
+                    "value": value,
+                    "unit": "ms",
+                }
+            )
     if timing.peak_extra is not None:  # compare with the estimate: kv_bytes_request + activation_peak_bytes
         rows.append(
             {
