@@ -28,11 +28,14 @@ def llava_setup(prompt: int = 20, frames: int = 1) -> Setup:
     return Setup("tiny", "llava", tiny_llava_config(), Request(prompt_tokens=prompt, frames=frames))
 
 
-def mini_setup(queries: int, n_fusion: int, prompt: int = 20, kind: str = "query", res: int = 336) -> Setup:
+def mini_setup(
+    queries: int, n_fusion: int, prompt: int = 20, kind: str = "query", res: int = 336, frames: int = 1
+) -> Setup:
     from llava_mini.build import mini_config_from_llava
 
     config = mini_config_from_llava(tiny_llava_config(), queries, n_fusion, kind)
-    return with_resolution(Setup("tiny", "llava_mini", config, Request(resolution=res, prompt_tokens=prompt)))
+    request = Request(resolution=res, prompt_tokens=prompt, frames=frames)
+    return with_resolution(Setup("tiny", "llava_mini", config, request))
 
 
 def table(setup: Setup) -> dict[tuple[str, str, str], float]:
@@ -137,10 +140,14 @@ def test_llm_stage_grows_with_c_squared_plus_l_for_mini_and_576_plus_l_for_v15()
         assert got["flops_prefill", "llm", "dense"] == (C * C + L) * per_token
     for L in (8, 40):
         assert table(llava_setup(prompt=L))["flops_prefill", "llm", "dense"] == (576 + L) * per_token
-    # video: T frames of 576 tokens each
+    # video: T frames of 576 tokens each; LLaVA-Mini: T x C^2 tokens, and every frame pre-fused on its own
     assert (
         table(llava_setup(prompt=8, frames=3))["flops_prefill", "llm", "dense"] == (3 * 576 + 8) * per_token
     )
+    video = table(mini_setup(2, 1, prompt=8, frames=3))
+    assert video["flops_prefill", "llm", "dense"] == (3 * 4 + 8) * per_token
+    assert video["flops_prefill", "prefusion", "dense"] == 3 * decoder_dense(576 + 4 + 8, 1)
+    assert video["flops_prefill", "vision_encoder", "dense"] == clip_dense(3)
 
 
 def test_prefusion_grows_linearly_with_n_fusion_and_vanishes_at_zero():

@@ -84,9 +84,9 @@ class Count:
 _ACTIVE: list[list[AttentionCall]] = []
 
 
-def _record(calls_query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, causal: bool) -> None:
+def _record(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, causal: bool) -> None:
     if _ACTIVE:
-        batch, heads, queries, head_dim = calls_query.shape
+        batch, heads, queries, head_dim = query.shape
         _ACTIVE[-1].append(
             AttentionCall(batch, heads, queries, key.shape[-2], head_dim, value.shape[-1], causal)
         )
@@ -113,12 +113,13 @@ def register_recording() -> None:
     AttentionMaskInterface.register(RECORDING, _no_mask)
 
 
-def _multihead_pre_hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
+def _multihead_pre_hook(module: nn.Module, args: tuple) -> None:
     """`nn.MultiheadAttention` (the compressor) bypasses transformers' interface: record it here."""
     if not isinstance(module, nn.MultiheadAttention) or not _ACTIVE:
         return
-    query = args[0] if args else kwargs["query"]
-    key = args[1] if len(args) > 1 else kwargs["key"]
+    if len(args) < 2:
+        raise RuntimeError("FLOP counting needs nn.MultiheadAttention called with positional query and key")
+    query, key = args[0], args[1]
     if not module.batch_first and query.dim() == 3:
         query, key = query.transpose(0, 1), key.transpose(0, 1)
     batch = query.shape[0] if query.dim() == 3 else 1
@@ -134,9 +135,7 @@ def counting() -> Iterator[Count]:
     count = Count()
     calls: list[AttentionCall] = []
     _ACTIVE.append(calls)
-    hook = nn.modules.module.register_module_forward_pre_hook(
-        lambda m, a: _multihead_pre_hook(m, a, {}) if isinstance(m, nn.MultiheadAttention) else None
-    )
+    hook = nn.modules.module.register_module_forward_pre_hook(_multihead_pre_hook)
     try:
         with FlopCounterMode(display=False) as counter:
             yield count
