@@ -326,6 +326,79 @@ def organism_ship_command(source, name) -> None:
     click.echo(f"shipped to {ship(final, name)}")
 
 
+# --- efficiency (issue 12) -----------------------------------------------------------------------
+@cli.command("efficiency")
+@click.option(
+    "--model",
+    "model_name",
+    required=True,
+    help="Shipped real config (llava-v1.5-7b, ...), zoo name or directory.",
+)
+@click.option("--compare", "compare", multiple=True, help="Another model at the same request; repeatable.")
+@click.option(
+    "--queries",
+    type=int,
+    help="LLaVA-Mini C (C x C tokens per image); on a LLaVA-v1.5 base builds the variant.",
+)
+@click.option("--prefusion", type=int, help="LLaVA-Mini pre-fusion layers N_fusion (0 = none).")
+@click.option("--kind", help="LLaVA-Mini compression: query or pool.")
+@click.option(
+    "--resolution",
+    default=336,
+    show_default=True,
+    type=int,
+    help="336 or 672 px (Mini: 2x2 crops; v1.6: anyres).",
+)
+@click.option("--frames", default=1, show_default=True, type=int, help="Video frames (one image = 1).")
+@click.option("--prompt-tokens", default=64, show_default=True, type=int, help="Text tokens L of the prompt.")
+@click.option("--response-tokens", default=32, show_default=True, type=int, help="Generated tokens R.")
+@click.option("--dtype", "dtypes", multiple=True, help="float16 (default), bfloat16, float32; repeatable.")
+@click.option("--component", "components", multiple=True, help="Keep only these FLOPs components (+ total).")
+@click.option(
+    "--measure", is_flag=True, help="Also time prefill / decode of models with weights (CUDA peak memory)."
+)
+@click.option("--repeats", default=5, show_default=True, type=int, help="Timed repeats after one warm-up.")
+@click.option("--device", default="auto", show_default=True, help="For --measure: cpu, cuda or auto.")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Output directory.")
+def efficiency_command(
+    model_name,
+    compare,
+    queries,
+    prefusion,
+    kind,
+    resolution,
+    frames,
+    prompt_tokens,
+    response_tokens,
+    dtypes,
+    components,
+    measure,
+    repeats,
+    device,
+    out,
+) -> None:
+    """FLOPs per component (meta device, no weights), memory per image / frame and latency (paper Figs. 7-9)."""
+    from probe.efficiency.job import EfficiencyOptions, run_efficiency, summary_lines
+    from probe.efficiency.setups import Request
+
+    options = EfficiencyOptions(
+        models=[model_name, *compare],
+        request=Request(resolution, frames, prompt_tokens, response_tokens),
+        queries=queries,
+        prefusion=prefusion,
+        kind=kind,
+        dtypes=list(dtypes) or ["float16"],
+        components=list(components) or None,
+        measure=measure,
+        repeats=repeats,
+        device=device,
+    )
+    table = run_efficiency(options, out)
+    for line in summary_lines(table):
+        click.echo(line)
+    click.echo(f"wrote {len(table)} rows to {out}/efficiency.parquet (+ .csv, manifest.json, figures)")
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM (a scheduler's kill, `kill PID`), raised where the program is so it stops like Ctrl-C:
     finished samples are on disk, temporary files are removed, and the same command resumes."""

@@ -34,6 +34,6 @@ def test_llava_mini_run_has_a_clean_stderr(tmp_path, probe_home):
         str(tmp_path / "run"),
     )
     assert result.returncode == 0, result.stderr
-    assert "wrote" in result.stdout
+    assert " rows (1 sample(s)" in result.stdout
     for noise in ("FutureWarning", "DeprecationWarning", "deprecated", "to instantiate a model of type"):
         assert noise not in result.stderr, result.stderr
