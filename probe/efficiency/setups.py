@@ -161,7 +161,7 @@ def load_config(name: str) -> tuple[str, object, bool, str]:
     if name not in REGISTRY and not Path(name).expanduser().is_dir():
         known = ", ".join(shipped_configs() + sorted(n for n in REGISTRY if n not in shipped_configs()))
         raise ProbeError(f"unknown model '{name}': use one of {known} or a local model directory")
-    source, _family, _spec = resolve(name)
+    source = resolve(name).source
     config_file = Path(source) / "config.json"
     if not config_file.is_file():
         raise ProbeError(f"no config for '{name}' ({config_file} missing)")
