@@ -119,8 +119,14 @@ class Intervention:
     # False: positions removed stay out until the last layer (and the KV cache), as FastV does.
     reenter: bool = True
 
-    def acts_in(self, layer: int) -> bool:
-        return layer in self.layers
+    def columns(self) -> dict:
+        """What identifies this setting in a result table (the baseline has no layers: -1)."""
+        return {
+            "setting": self.label,
+            "stage": self.stage,
+            "first_layer": min(self.layers) if self.layers else -1,
+            "last_layer": max(self.layers) if self.layers else -1,
+        }
 
     def blocked(self, layer: int, tokens: Tokens, n_queries: int, n_keys: int) -> torch.Tensor | None:
         """[B, n_queries, n_keys] bool, True = the edge is cut (-inf logit), or None for no mask edit.

@@ -49,6 +49,9 @@ class DropVision(BlockEdges):
     def check(self, n_layers: int, labels: list[str]) -> None:
         super().check(n_layers, labels + ["non-vision"])
 
+    def columns(self) -> dict:
+        return {**super().columns(), "mode": self.mode}
+
     def target_mask(self, tokens: Tokens, length: int) -> torch.Tensor:
         return ~tokens.select(self.source, length)
 

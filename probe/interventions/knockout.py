@@ -32,3 +32,6 @@ class Knockout(BlockEdges):
         self.centre = centre
         self.edge = f"{source}->{target}"
         self.label = f"{self.edge} @{centre}"
+
+    def columns(self) -> dict:
+        return {**super().columns(), "edge": self.edge, "centre_layer": self.centre}

@@ -39,6 +39,9 @@ class Prune(Intervention):
     def removes_tokens(self) -> bool:
         return True
 
+    def columns(self) -> dict:
+        return {**super().columns(), "prune_layer": self.layer, "keep": self.keep}
+
     def removed(self, tokens: Tokens) -> torch.Tensor | None:
         return None  # decided in the forward, at layer K-1 (see observe)
 
