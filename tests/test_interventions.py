@@ -155,12 +155,12 @@ def test_decoding_with_kv_cache_equals_one_forward(organism, sample):
 
 def test_generation_with_cache_equals_without(tiny_llava):
     sample = make_sample("<image> Describe it.", ["skimage:coffee"])
-    for intervention in (DropVision([0, 1]), Knockout("vision", "response", centre=2, window=2, n_layers=4)):
-        with_cache = generate(tiny_llava.adapter, sample, intervention, 6)
-        prompt = tiny_llava.adapter.prepare(sample, response_ids=[])
-        with intervening(tiny_llava.adapter, intervention, stage_tokens(prompt, "llm")):
-            without = tiny_llava.adapter.generate(sample, 6, use_cache=False)
-        assert len(with_cache) == 6 and with_cache == without
+    intervention = Knockout("vision", "response", centre=2, window=2, n_layers=4)
+    with_cache = generate(tiny_llava.adapter, sample, intervention, 4)
+    prompt = tiny_llava.adapter.prepare(sample, response_ids=[])
+    with intervening(tiny_llava.adapter, intervention, stage_tokens(prompt, "llm")):
+        without = tiny_llava.adapter.generate(sample, 4, use_cache=False)
+    assert len(with_cache) == 4 and with_cache == without
 
 
 def run_layers_by_hand(loaded, prepared, keep_in_layer) -> torch.Tensor:
@@ -237,3 +237,50 @@ def test_prune_generation_with_cache_equals_without(organism, sample):
     with intervening(adapter, Prune(2, 0.5, 6), stage_tokens(prompt, "llm")):
         without = adapter.generate(sample2, 5, use_cache=False)
     assert with_cache == without
+
+
+def test_llava_mini_both_stages_equal_eager_with_hand_built_masks(sample, probe_home):
+    """Pre-fusion (vision tower tokens = the first 576 of each frame's sequence) and LLM (compressed tokens)."""
+    import probe
+
+    mini = probe.load("organism-llava-mini", device="cpu", dtype="float32")
+    adapter, model = mini.adapter, mini.model
+    prepared = adapter.prepare(sample, response_ids=adapter.encode_response(" red"))
+    n = prepared.inputs["input_ids"].shape[-1]
+    compressed = prepared.inputs["input_ids"][0] == model.config.image_token_index
+    llm_allowed = torch.ones(n, n, dtype=torch.bool).tril() & ~(~compressed[:, None] & compressed[None, :])
+    minimum = torch.finfo(torch.float32).min
+
+    def prefusion_hook(module, args, kwargs):
+        mask = kwargs["attention_mask"].clone()  # the model's own eager mask: causal + padding
+        mask[..., 576:, :576] = minimum  # text and compressed queries no longer see the 576 vision keys
+        kwargs["attention_mask"] = mask
+        return args, kwargs
+
+    def llm_hook(module, args, kwargs):
+        kwargs["attention_mask"] = additive(llm_allowed)
+        return args, kwargs
+
+    baseline, _ = forward_logits(adapter, prepared, BASELINE)
+    for stage, hook in (("prefusion", prefusion_hook), ("llm", llm_hook)):
+        handle = adapter.attention_modules(stage)[1].register_forward_pre_hook(hook, with_kwargs=True)
+        try:
+            with adapter.attention_implementation("eager"), torch.no_grad():
+                reference = model(**prepared.inputs).logits[0].double()
+        finally:
+            handle.remove()
+        ours, _ = forward_logits(adapter, prepared, DropVision([1], stage=stage))
+        assert (reference - baseline).abs().max() > 1e-3, stage
+        torch.testing.assert_close(ours, reference, atol=2e-4, rtol=0)
+
+
+def test_llava_next_mask_drop_equals_eager_with_hand_built_mask(tiny_llava_next):
+    loaded = tiny_llava_next
+    sample = make_sample("<image> What is it?", ["skimage:coffee"], response="A cup.")
+    prepared = loaded.adapter.prepare(sample)
+    n = prepared.inputs["input_ids"].shape[-1]
+    vision = vision_positions(loaded, prepared)  # base view, crops and image-newline tokens
+    allowed = torch.ones(n, n, dtype=torch.bool).tril() & ~(~vision[:, None] & vision[None, :])
+    reference = eager_with_masks(loaded, prepared, {0: allowed})
+    ours, _ = forward_logits(loaded.adapter, prepared, DropVision([0]))
+    torch.testing.assert_close(ours, reference, atol=2e-4, rtol=0)
