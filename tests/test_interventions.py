@@ -15,7 +15,7 @@ from probe.interventions.drop import DropVision
 from probe.interventions.hooks import intervening
 from probe.interventions.knockout import Knockout
 from probe.interventions.prune import Prune
-from probe.interventions.run import forward_logits, generate, stage_tokens
+from probe.interventions.run import forward_logits, generate, run_sample, stage_tokens
 
 PROMPT = "<image> What colour is the circle?"
 
@@ -154,13 +154,23 @@ def test_decoding_with_kv_cache_equals_one_forward(organism, sample):
 
 
 def test_generation_with_cache_equals_without(tiny_llava):
+    """HF generate with the cache, and run_sample's shared prefill + greedy decoding with the cache, both
+    equal generation without a cache; its gold log-prob equals the teacher-forced forward's."""
+    adapter = tiny_llava.adapter
     sample = make_sample("<image> Describe it.", ["skimage:coffee"])
     intervention = Knockout("vision", "response", centre=2, window=2, n_layers=4)
-    with_cache = generate(tiny_llava.adapter, sample, intervention, 4)
-    prompt = tiny_llava.adapter.prepare(sample, response_ids=[])
-    with intervening(tiny_llava.adapter, intervention, stage_tokens(prompt, "llm")):
-        without = tiny_llava.adapter.generate(sample, 4, use_cache=False)
-    assert len(with_cache) == 4 and with_cache == without
+    prompt = adapter.prepare(sample, response_ids=[])
+    with intervening(adapter, intervention, stage_tokens(prompt, "llm")):
+        without = adapter.generate(sample, 4, use_cache=False)
+    assert len(without) == 4 and generate(adapter, sample, intervention, 4) == without
+    gold = [11, 12, 13]
+    outcome = run_sample(adapter, sample, intervention, gold, max_new_tokens=4)
+    assert outcome.generated == without
+    logits, _ = forward_logits(adapter, adapter.prepare(sample, response_ids=gold), intervention)
+    logprobs = torch.log_softmax(logits, dim=-1)[prompt.prompt_length - 1 :]
+    expected = sum(float(logprobs[k, t]) for k, t in enumerate(gold))
+    assert outcome.gold_logprob == pytest.approx(expected, abs=1e-4)
+    torch.testing.assert_close(outcome.first_logprobs, logprobs[0], atol=1e-4, rtol=0)
 
 
 def run_layers_by_hand(loaded, prepared, keep_in_layer) -> torch.Tensor:
