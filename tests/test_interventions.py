@@ -294,3 +294,29 @@ def test_llava_next_mask_drop_equals_eager_with_hand_built_mask(tiny_llava_next)
     reference = eager_with_masks(loaded, prepared, {0: allowed})
     ours, _ = forward_logits(loaded.adapter, prepared, DropVision([0]))
     torch.testing.assert_close(ours, reference, atol=2e-4, rtol=0)
+
+
+def test_observation_and_intervention_in_one_forward(organism, sample):
+    """The native statistics of the same forward see the edit: no mass from text onto vision tokens in
+    the window, the baseline's statistics before it; observing does not change the output."""
+    from probe.engines.streaming import run_native
+
+    adapter = organism.adapter
+    prepared = adapter.prepare(sample)
+    with intervening(adapter, DropVision([2, 3]), stage_tokens(prepared, "llm"), observe=True) as state:
+        with torch.no_grad():
+            logits = organism.model(**prepared.inputs).logits[0].double()
+    stats = state.layer_stats()
+    unobserved, _ = forward_logits(adapter, prepared, DropVision([2, 3]))
+    assert torch.equal(logits, unobserved)
+    baseline = run_native(adapter, prepared)
+    image = prepared.roles["llm"].labels.index("image:0")
+    text = ~vision_positions(organism, prepared)
+    for layer in range(6):
+        onto_vision = stats[layer].mass[0, text, image]
+        if layer in (2, 3):
+            assert (onto_vision == 0).all()
+        else:
+            assert onto_vision.max() > 1e-3
+    for layer in (0, 1):
+        torch.testing.assert_close(stats[layer].mass, baseline[layer].mass, atol=1e-6, rtol=0)

@@ -31,6 +31,7 @@ from llava_mini.compat import cache_of
 from probe.adapters.base import Adapter
 from probe.engines.streaming import NATIVE, StreamingContext, collecting, implementation_for
 from probe.errors import ProbeError
+from probe.intermediate import LayerStats, concat_sequences
 from probe.interventions.base import Intervention, Tokens
 
 REFERENCE = f"{NATIVE}_eager"
@@ -86,10 +87,21 @@ class EditState:
         self.segment_kept: torch.Tensor | None = None  # kept indices within this forward's queries
         self.stash: torch.Tensor | None = None
         self.output_kept: torch.Tensor | None = None  # positions the shortened output holds (no re-entry)
+        self.context: StreamingContext | None = None
+
+    def layer_stats(self) -> list[LayerStats]:
+        """Statistics observed in the intervened stage (with `intervening(..., observe=True)`)."""
+        stats = self.context.layer_stats(self.intervention.stage)
+        return [concat_sequences(s) for s in stats] if self.tokens.roles.role_ids.shape[0] > 1 else stats
 
     # --- the attention function's edit -----------------------------------------------------------
     def edit(self, module, query, key, attention_mask, inner, **kwargs):
         layer = int(module.layer_idx)
+        if attention_mask is not None and not isinstance(attention_mask, torch.Tensor):
+            raise ProbeError(
+                "interventions edit tensor masks (sdpa, eager, flash); this model's attention passes a "
+                f"{type(attention_mask).__name__} (flex attention): load it with sdpa"
+            )
         self.tokens_processed += int(query.shape[0] * query.shape[2])
         if self.removed is None:
             with torch.no_grad():
@@ -222,11 +234,19 @@ def _sequence_hooks(state: EditState, layers: list[torch.nn.Module]) -> list:
 
 @contextmanager
 def intervening(
-    adapter: Adapter, intervention: Intervention, tokens: Tokens, reference: bool = False
+    adapter: Adapter,
+    intervention: Intervention,
+    tokens: Tokens,
+    reference: bool = False,
+    observe: bool = False,
 ) -> Iterator[EditState]:
     """Every forward inside runs with `intervention` applied to its stage (roles `tokens`).
 
-    `reference=True`: eager attention with the same edits (the path every backend is compared with)."""
+    `reference=True`: eager attention with the same edits (the path every backend is compared with).
+    `observe=True`: the native engine's statistics of the intervened stage from the same forward
+    (`state.layer_stats()`); mask edits only (a shortened sequence has no fixed roles per position)."""
+    if observe and intervention.removes_tokens():
+        raise ProbeError(f"{intervention.label}: statistics are observed with mask edits only")
     name, inner = reference_implementation() if reference else implementation_for(adapter.current_attention())
     state = EditState(intervention, tokens, reference, adapter.device)
     by_module: dict[torch.nn.Module, StreamingContext] = {}
@@ -236,8 +256,10 @@ def intervening(
             device=adapter.device,
             inner=inner,
             edit=state.edit if stage == intervention.stage else None,
-            observe=False,
+            observe=observe and stage == intervention.stage,
         )
+        if stage == intervention.stage:
+            state.context = context
         for module in adapter.attention_modules(stage):
             by_module[module] = context
     handles = []
