@@ -81,6 +81,7 @@ def test_ablation_resumes_without_redoing_finished_samples(tmp_path, dataset, mo
     [
         (["drop", "--layers", "4-9"], "past the model's depth"),
         (["drop", "--layers", "3-1"], "empty"),
+        (["drop", "--window", "7"], "past the model's depth"),
         (["drop", "--window", "2", "--stage", "prefusion"], "no prefusion stage"),
         (["knockout", "--block", "colour->last"], "unknown role 'colour'"),
         (["knockout", "--block", "vision"], "SOURCE->TARGET"),

@@ -100,7 +100,11 @@ def parse_layer_windows(
         stride = stride or window
         if window < 1 or stride < 1:
             raise ProbeError("--window and --stride must be at least 1")
-        windows = [tuple(range(s, min(s + window, n_layers))) for s in range(0, n_layers, stride)]
+        if window > n_layers:
+            raise ProbeError(f"--window {window} is past the model's depth ({n_layers} layers)")
+        # sliding windows stop at the last full one; a partition (stride = window) keeps a shorter tail
+        last_start = n_layers - 1 if stride >= window else n_layers - window
+        windows = [tuple(range(s, min(s + window, n_layers))) for s in range(0, last_start + 1, stride)]
     for w in windows:
         if w[-1] >= n_layers:
             raise ProbeError(
