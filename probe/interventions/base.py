@@ -186,13 +186,16 @@ class BlockEdges(Intervention):
         return tgt[:, :, None] & src[:, None, :]
 
 
-class _Baseline(Intervention):
-    """No edit: the model's own forward (every table's reference row)."""
+class Baseline(Intervention):
+    """No edit: the model's own forward (every table's reference row), observed in `stage`."""
 
     label = "baseline"
+
+    def __init__(self, stage: str = "llm") -> None:
+        self.stage = stage
 
     def check(self, n_layers: int, labels: list[str]) -> None:
         pass
 
 
-BASELINE = _Baseline()
+BASELINE = Baseline()

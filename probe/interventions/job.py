@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from probe.attention_job import PARTS, _fingerprint, prepare_run_dir
 from probe.errors import ProbeError
 from probe.inputs import Sample
-from probe.interventions.base import BASELINE, Intervention
+from probe.interventions.base import Baseline, Intervention
 from probe.interventions.metrics import (
     SCORING,
     is_correct,
@@ -75,6 +75,11 @@ def check_settings(loaded: LoadedModel, samples: list[Sample], settings: list[In
         setting.check(adapter.num_layers(setting.stage), roles.labels)
 
 
+def with_baseline(settings: list[Intervention]) -> list[Intervention]:
+    """The baseline first, counted in the stage the settings intervene in."""
+    return [Baseline(settings[0].stage if settings else "llm"), *settings]
+
+
 def sample_rows(loaded: LoadedModel, sample: Sample, settings: list[Intervention], options) -> pd.DataFrame:
     """The baseline and every setting on one sample."""
     adapter = loaded.adapter
@@ -82,7 +87,7 @@ def sample_rows(loaded: LoadedModel, sample: Sample, settings: list[Intervention
     gold = answer_ids(adapter, sample)
     rows = []
     base: Outcome | None = None
-    for setting in [BASELINE, *settings]:
+    for setting in with_baseline(settings):
         outcome = run_sample(adapter, sample, setting, gold, options.max_new_tokens)
         base = base or outcome
         text = tokenizer.decode(outcome.generated, skip_special_tokens=True)
@@ -125,7 +130,7 @@ def manifest_for(loaded: LoadedModel, samples, settings, options: AblationOption
             "seed": options.seed,
             **options.spec,
         },
-        "settings": [s.columns() for s in [BASELINE, *settings]],
+        "settings": [s.columns() for s in with_baseline(settings)],
         "n_samples": len(samples),
         "samples_fingerprint": _fingerprint(
             [(s.sample_id, s.prompt, s.image_sources, s.answer) for s in samples]
