@@ -388,7 +388,7 @@ def drop_command(
     "blocks",
     multiple=True,
     required=True,
-    help="SOURCE->TARGET edges to cut (repeat for several lines): roles of the attention table "
+    help="'SOURCE->TARGET' edges to cut (quoted; repeat for several lines): roles of the attention table "
     "(vision, instruction, response, system, image, ...), last (last prompt token) or positions (12, 12:20).",
 )
 @click.option(

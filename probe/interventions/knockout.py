@@ -14,7 +14,9 @@ def parse_block(spec: str) -> tuple[str, str]:
     """'vision->last' -> ('vision', 'last')."""
     source, sep, target = spec.partition("->")
     if not sep or not source.strip() or not target.strip():
-        raise ProbeError(f"--block '{spec}': write SOURCE->TARGET, e.g. vision->last")
+        raise ProbeError(
+            f"--block '{spec}': write SOURCE->TARGET, quoted in a shell (its > redirects): --block 'vision->last'"
+        )
     return source.strip(), target.strip()
 
 
