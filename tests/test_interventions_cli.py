@@ -39,7 +39,9 @@ def test_drop_writes_one_row_per_sample_and_setting(capsys, tmp_path, dataset, p
     assert list(results["setting"].unique()) == ["baseline", "drop 0-2", "drop 3-5"]
     base = results[results["setting"] == "baseline"]
     assert (base["first_gold_rel_change_pct"] == 0).all() and (base["kl_first_token"].abs() < 1e-12).all()
-    assert results["tokens_processed"].nunique() == 1  # mask mode: every token in every layer, as the baseline
+    assert (
+        results["tokens_processed"].nunique() == 1
+    )  # mask mode: every token in every layer, as the baseline
     dropped = results[results["setting"] != "baseline"]
     assert (dropped["kl_first_token"] > 0).all()  # removing the image changes the answer distribution
     summary = pd.read_parquet(out / "summary.parquet")
