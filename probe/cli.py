@@ -21,6 +21,9 @@ def cli() -> None:
     """Interpretability and ablation toolkit for efficient vision-language models."""
 
 
+ATTENTION_CHOICES = ["sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention"]
+
+
 def _quiet_libraries() -> None:
     """Our own progress bars are the ones that matter: hide transformers' weight-loading bar."""
     from transformers.utils import logging as hf_logging
@@ -94,7 +97,7 @@ def _default_out(model: str) -> Path:
 )
 @click.option(
     "--attn",
-    type=click.Choice(["sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention"]),
+    type=click.Choice(ATTENTION_CHOICES),
     help="The language model's attention implementation [default: sdpa]; native statistics run inside it.",
 )
 @click.option("--seed", default=0, show_default=True, type=int)
@@ -409,6 +412,184 @@ def _raise_terminated(signum, frame) -> None:
 
 
 INTERRUPTED = "interrupted: rerun the same command to resume"
+
+
+# --- interventions (issue 11): drop / knockout / prune -------------------------------------------
+def _ablation_options(command):
+    """Options every ablation command shares."""
+    for option in reversed(
+        [
+            click.option(
+                "--model",
+                "model_name",
+                required=True,
+                help="Zoo name (see `probe models`), hub id or directory.",
+            ),
+            click.option(
+                "--dataset",
+                type=click.Path(path_type=Path),
+                required=True,
+                help="JSONL with an 'answer' per line (gold answers are needed by every metric).",
+            ),
+            click.option("--limit", type=click.IntRange(min=1), help="Use only the first N samples."),
+            click.option(
+                "--max-new-tokens",
+                default=8,
+                show_default=True,
+                type=click.IntRange(min=1),
+                help="Answer length.",
+            ),
+            click.option(
+                "--only-correct", is_flag=True, help="Summarise only the samples the baseline answers right."
+            ),
+            click.option(
+                "--out",
+                type=click.Path(path_type=Path),
+                help="Run directory [default: runs/<model>-<command>].",
+            ),
+            click.option("--overwrite", is_flag=True, help="Replace a finished or different run in --out."),
+            click.option("--device", default="auto", show_default=True),
+            click.option("--dtype", default="auto", show_default=True),
+            click.option(
+                "--attn", type=click.Choice(ATTENTION_CHOICES), help="LLM attention [default: sdpa]."
+            ),
+            click.option("--seed", default=0, show_default=True, type=int, help="Seed of the bootstrap."),
+        ]
+    ):
+        command = option(command)
+    return command
+
+
+def _run_ablation(command, model_name, dataset, limit, make_settings, spec, common) -> None:
+    """Read the dataset (gold answers checked), load the model, build the settings, run, report."""
+    from probe.inputs import read_dataset
+    from probe.interventions.job import AblationOptions, run_ablation
+    from probe.results import check_output_dir
+    from probe.zoo import load
+
+    out = check_output_dir(
+        common["out"]
+        or Path("runs") / (re.sub(r"[^A-Za-z0-9._-]+", "_", model_name).strip("_") + f"-{command}")
+    )
+    samples = read_dataset(dataset)[:limit]
+    missing = [s.sample_id for s in samples if not (s.answer or "").strip()]
+    if missing:
+        raise ProbeError(
+            f"{dataset} has no gold 'answer' for sample '{missing[0]}': the {command} metrics need one per sample"
+        )
+    _quiet_libraries()
+    loaded = load(model_name, device=common["device"], dtype=common["dtype"], attn=common["attn"])
+    settings = make_settings(loaded.adapter)
+    options = AblationOptions(
+        command=command,
+        max_new_tokens=common["max_new_tokens"],
+        only_correct=common["only_correct"],
+        seed=common["seed"],
+        spec=spec,
+    )
+    results = run_ablation(loaded, samples, settings, out, options, overwrite=common["overwrite"])
+    click.echo(
+        f"wrote {len(results)} rows ({len(samples)} sample(s) x {len(settings) + 1} settings incl. baseline) to {out}/"
+    )
+
+
+@cli.command("drop")
+@_ablation_options
+@click.option("--window", type=int, help="Layers per window [default 4], windows every --stride layers.")
+@click.option("--stride", type=int, help="Layers between window starts [default: --window].")
+@click.option("--layers", "layer_spec", help="Explicit windows, e.g. 0-3,4-7 or 5 (0-based, inclusive).")
+@click.option("--from-layer", type=int, help="One window from layer K to the last layer.")
+@click.option(
+    "--mode",
+    type=click.Choice(["mask", "skip"]),
+    default="mask",
+    show_default=True,
+    help="mask: no other token sees the vision tokens; skip: they leave the sequence for the window.",
+)
+@click.option(
+    "--stage",
+    type=click.Choice(["llm", "prefusion"]),
+    default="llm",
+    show_default=True,
+    help="LLM layers, or LLaVA-Mini's pre-fusion layers (vision tokens = the vision tower's).",
+)
+def drop_command(
+    model_name, dataset, limit, window, stride, layer_spec, from_layer, mode, stage, **common
+) -> None:
+    """Remove every vision token from a window of layers, window by window (paper Fig. 5)."""
+    from probe.interventions.drop import DropVision, parse_layer_windows
+
+    def settings(adapter):
+        if stage not in adapter.stages:
+            raise ProbeError(f"'{model_name}' has no {stage} stage (stages: {', '.join(adapter.stages)})")
+        windows = parse_layer_windows(adapter.num_layers(stage), window, stride, layer_spec, from_layer)
+        return [DropVision(w, mode=mode, stage=stage) for w in windows]
+
+    spec = {
+        "window": window,
+        "stride": stride,
+        "layers": layer_spec,
+        "from_layer": from_layer,
+        "mode": mode,
+        "stage": stage,
+    }
+    _run_ablation("drop", model_name, dataset, limit, settings, spec, common)
+
+
+@cli.command("knockout")
+@_ablation_options
+@click.option(
+    "--block",
+    "blocks",
+    multiple=True,
+    required=True,
+    help="'SOURCE->TARGET' edges to cut (quoted; repeat for several lines): roles of the attention table "
+    "(vision, instruction, response, system, image, ...), last (last prompt token) or positions (12, 12:20).",
+)
+@click.option(
+    "--window", default=9, show_default=True, type=int, help="Layers per window, centred on each layer."
+)
+def knockout_command(model_name, dataset, limit, blocks, window, **common) -> None:
+    """Attention knockout: cut SOURCE->TARGET edges in a window centred on each layer in turn."""
+    from probe.interventions.knockout import Knockout, parse_block
+
+    edges = [parse_block(b) for b in blocks]
+    if window < 1:
+        raise ProbeError("--window must be at least 1")
+
+    def settings(adapter):
+        n = adapter.num_layers("llm")
+        return [Knockout(src, tgt, centre, window, n) for src, tgt in edges for centre in range(n)]
+
+    _run_ablation(
+        "knockout", model_name, dataset, limit, settings, {"block": list(blocks), "window": window}, common
+    )
+
+
+@cli.command("prune")
+@_ablation_options
+@click.option("--layer", "layer", required=True, type=int, help="K: prune from layer K on (ranked at K-1).")
+@click.option(
+    "--keep",
+    "keeps",
+    multiple=True,
+    required=True,
+    type=float,
+    help="Fraction of image tokens kept, in (0, 1]; repeat.",
+)
+def prune_command(model_name, dataset, limit, layer, keeps, **common) -> None:
+    """FastV: keep the image tokens the last prompt token attends to most at layer K-1, drop the rest."""
+    from probe.interventions.prune import Prune, check_keep
+
+    for keep in keeps:
+        check_keep(keep)
+
+    def settings(adapter):
+        return [Prune(layer, keep, adapter.num_layers("llm")) for keep in keeps]
+
+    _run_ablation(
+        "prune", model_name, dataset, limit, settings, {"layer": layer, "keep": list(keeps)}, common
+    )
 
 
 def main() -> None:

@@ -88,8 +88,9 @@ class Adapter(ABC):
         return {"llm": output.attentions}
 
     @abstractmethod
-    def generate(self, sample: Sample, max_new_tokens: int) -> list[int]:
-        """Greedy continuation of the prompt, as token ids (end-of-sequence excluded)."""
+    def generate(self, sample: Sample, max_new_tokens: int, use_cache: bool = True) -> list[int]:
+        """Greedy continuation of the prompt, as token ids (end-of-sequence excluded); `use_cache=False`
+        re-runs the whole sequence at every step."""
 
     @contextmanager
     def attention_implementation(self, implementation: str):

@@ -135,11 +135,15 @@ class LlavaAdapter(Adapter):
         return self.model.config.text_config._attn_implementation
 
     @torch.no_grad()
-    def generate(self, sample: Sample, max_new_tokens: int) -> list[int]:
+    def generate(self, sample: Sample, max_new_tokens: int, use_cache: bool = True) -> list[int]:
         prepared = self.prepare(sample, response_ids=[])
         inputs = {k: v.to(self.device) for k, v in prepared.inputs.items()}
         out = self.model.generate(
-            **inputs, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=self.tokenizer.pad_token_id
+            **inputs,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            use_cache=use_cache,
+            pad_token_id=self.tokenizer.pad_token_id,
         )
         new = out[0, prepared.prompt_length :].tolist()
         eos = self.tokenizer.eos_token_id

@@ -64,6 +64,10 @@ class StreamingContext:
     per_head: bool = False
     grid_queries: Sequence[int] | None = None
     block_bytes: int = DEFAULT_BLOCK_BYTES
+    # An intervention's edit (probe.interventions): (module, query, key, mask, inner) -> (mask, inner), applied
+    # before the attention runs, so statistics and output both see the edited attention.
+    edit: Callable | None = None
+    observe: bool = True  # False: only edit, compute no statistics
     chunks: dict[int, list[dict]] = field(default_factory=dict)
     _onehot_cache: dict = field(default_factory=dict)
 
@@ -147,8 +151,10 @@ def streaming_attention_forward(
     """`inner` (the model's own attention) for the output; statistics on the side for probed modules."""
     route = _ACTIVE.get()
     context = route(module) if route is not None else None
+    if context is not None and context.edit is not None:
+        attention_mask, inner = context.edit(module, query, key, attention_mask, inner, **kwargs)
     output = inner(module, query, key, value, attention_mask, *args, **kwargs)
-    if context is not None:
+    if context is not None and context.observe:
         if kwargs.get("softcap") is not None or kwargs.get("s_aux") is not None:
             raise ProbeError(
                 "the native backend does not support attention soft-capping / sinks; use --backend eager"
@@ -161,7 +167,9 @@ def streaming_attention_forward(
 
 
 # --- activation ---------------------------------------------------------------------------------------
-def _fronted(inner: Callable) -> Callable:
+def fronted(inner: Callable) -> Callable:
+    """`inner` with `streaming_attention_forward` in front: the function to register for an implementation."""
+
     def forward(module, query, key, value, attention_mask, *args, **kwargs):
         return streaming_attention_forward(
             module, query, key, value, attention_mask, *args, inner=inner, **kwargs
@@ -194,7 +202,7 @@ def instrumented_attention(adapter: Adapter) -> Iterator[str]:
         return
     inner = ALL_ATTENTION_FUNCTIONS[name]
     overridden_locally = inner is not AttentionInterface().get(name)  # a fresh interface: global entries only
-    ALL_ATTENTION_FUNCTIONS[name] = _fronted(inner)
+    ALL_ATTENTION_FUNCTIONS[name] = fronted(inner)
     try:
         yield name
     finally:
@@ -377,6 +385,32 @@ def collect(
     context.chunks.setdefault(int(module.layer_idx), []).append(chunk)
 
 
+def attention_rows(
+    module, query: torch.Tensor, key: torch.Tensor, attention_mask, positions: Sequence[int], scaling=None
+) -> torch.Tensor:
+    """Head-averaged attention rows [B, len(positions), Nk] of the given query positions (absolute, within
+    this call's keys), from the post-RoPE query / key of the real forward: O(heads x Nk) per row."""
+    bsz, n_heads, n_q, dim = query.shape
+    n_kv, n_keys = key.shape[1], key.shape[2]
+    offset = n_keys - n_q
+    causal = getattr(module, "is_causal", True)
+    rows = []
+    for p in positions:
+        q0 = p - offset
+        allowed, bias, k = _block_mask(
+            attention_mask, torch.tensor([p], device=query.device), q0, q0 + 1, n_keys, causal
+        )
+        q = query[:, :, q0 : q0 + 1].float() * (scaling if scaling is not None else dim**-0.5)
+        k32 = key[:, :, :k].float().repeat_interleave(n_heads // n_kv, dim=1)
+        scores = torch.matmul(q, k32.transpose(-1, -2))  # [B, H, 1, k]
+        if bias is not None:
+            scores = scores + bias
+        scores = scores.masked_fill(~allowed, -math.inf)
+        mean = torch.softmax(scores, dim=-1).mean(1)[:, 0]
+        rows.append(torch.nn.functional.pad(mean, (0, n_keys - k)))
+    return torch.stack(rows, 1)
+
+
 def mass_by_sdpa(query: torch.Tensor, key: torch.Tensor, onehot: torch.Tensor, attn_mask=None, scale=None):
     """Per-head mass per role via one SDPA call with V = one-hot(role) (padded to 8 columns): [B, H, Nq, R].
 
@@ -449,4 +483,5 @@ __all__ = [
     "collecting",
     "StreamingContext",
     "instrumented_attention",
+    "attention_rows",
 ]

@@ -1,0 +1,86 @@
+"""Cost of interventions against the plain SDPA forward of the same model and inputs (ratios, same run).
+
+    python benchmarks/intervention_overhead.py                    # narrow 8-layer model, ~600 and ~2000 tokens
+    python benchmarks/intervention_overhead.py --shape 7b-layers --lengths 600
+
+Model and inputs are `attention_overhead.build`'s (a seeded random LLaVA with LLaVA-v1.5's token layout).
+Methods, timed interleaved in one process (minimum of --repeats warm runs):
+  plain      the model's own SDPA forward, no hook
+  hook       through the intervention hook with no edit (the baseline setting of every ablation)
+  mask-all   vision keys cut for every other query in every layer (an edited 4-D mask per layer)
+  mask-4     the same in a window of 4 layers (one drop setting of Fig. 5)
+  prune      FastV at K = 2 keeping 25% of the image tokens (the ranking row computed in the forward)
+Peak memory is not measured here (see attention_overhead.py for the method).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+def measure(adapter, prepared, repeats: int, device: str) -> dict[str, float]:
+    """Minimum warm time of every method, timed interleaved."""
+    import torch
+
+    from probe.interventions.base import BASELINE
+    from probe.interventions.drop import DropVision
+    from probe.interventions.prune import Prune
+    from probe.interventions.run import forward_logits
+
+    n_layers = adapter.num_layers()
+    inputs = {k: v.to(adapter.device) for k, v in prepared.inputs.items()}
+
+    def plain():
+        with torch.no_grad():
+            adapter.forward(inputs)
+
+    methods = {
+        "plain": plain,
+        "hook": lambda: forward_logits(adapter, prepared, BASELINE),
+        "mask-all": lambda: forward_logits(adapter, prepared, DropVision(range(n_layers))),
+        "mask-4": lambda: forward_logits(adapter, prepared, DropVision(range(min(4, n_layers)))),
+        "prune": lambda: forward_logits(adapter, prepared, Prune(2, 0.25, n_layers)),
+    }
+    times: dict[str, list[float]] = {name: [] for name in methods}
+    for fn in methods.values():
+        fn()  # warm-up
+    for _ in range(repeats):
+        for name, fn in methods.items():
+            if device == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            fn()
+            if device == "cuda":
+                torch.cuda.synchronize()
+            times[name].append(time.perf_counter() - start)
+    return {name: min(values) for name, values in times.items()}
+
+
+def main() -> None:
+    from attention_overhead import build
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shape", default="narrow", choices=["narrow", "7b-layers"])
+    parser.add_argument("--layers", type=int, default=8)
+    parser.add_argument("--lengths", default="600,2000")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+    for length in [int(x) for x in args.lengths.split(",")]:
+        adapter, prepared = build(length, args.device, shape=args.shape, layers=args.layers)
+        times = measure(adapter, prepared, args.repeats, args.device)
+        n = int(prepared.inputs["input_ids"].shape[-1])
+        print(
+            f"{args.shape}, {adapter.num_layers()} layers, {n} tokens, {args.device} (min of {args.repeats}):"
+        )
+        for name, value in times.items():
+            print(f"  {name:9s} {value:8.3f} s   {value / times['plain']:5.2f}x plain")
+
+
+if __name__ == "__main__":
+    main()

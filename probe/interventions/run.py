@@ -1,0 +1,142 @@
+"""What an ablation needs from one sample under one intervention: the gold answer's log-probability
+(teacher-forced), the first answer token's distribution, and the greedily generated answer.
+
+Both forwards (the teacher-forced one and generation, with the KV cache) run inside `intervening`, so
+the intervention acts on the model's own forward path.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+
+from llava_mini.compat import cache_kwargs, cache_of
+from probe.adapters.base import Adapter, Prepared
+from probe.inputs import Sample
+from probe.interventions.base import Intervention, Tokens
+from probe.interventions.hooks import intervening
+
+
+@dataclass
+class Outcome:
+    first_logprobs: torch.Tensor  # [V] float64: log p(first answer token | prompt)
+    gold_logprob: float | None  # sum of log p(gold token | prefix) over the gold answer's tokens
+    generated: list[int] | None  # greedy answer token ids (end-of-sequence excluded)
+    tokens_processed: int  # query tokens x layers of the intervened stage in the prompt's forward
+
+
+def stage_tokens(prepared: Prepared, stage: str) -> Tokens:
+    return Tokens(prepared.sequence_roles.get(stage, prepared.roles[stage]))
+
+
+@torch.no_grad()
+def forward_logits(
+    adapter: Adapter, prepared: Prepared, intervention: Intervention, reference: bool = False
+) -> tuple[torch.Tensor, int]:
+    """Logits [N, V] (float64, cpu) of one prepared sequence under the intervention, and tokens processed.
+
+    Positions a pruned output no longer holds (removed image tokens) are NaN."""
+    inputs = {k: v.to(adapter.device) for k, v in prepared.inputs.items()}
+    tokens = stage_tokens(prepared, intervention.stage)
+    with intervening(adapter, intervention, tokens, reference=reference) as state:
+        logits = adapter.forward(inputs).logits[0].double().cpu()
+    if state.output_kept is not None:  # FastV: the last layers held the kept tokens only
+        full = torch.full((int(prepared.inputs["input_ids"].shape[-1]), logits.shape[-1]), torch.nan)
+        full[state.output_kept.cpu()] = logits.to(full.dtype)
+        logits = full.double()
+    return logits, state.tokens_processed
+
+
+@torch.no_grad()
+def generate(
+    adapter: Adapter, sample: Sample, intervention: Intervention, max_new_tokens: int, reference: bool = False
+) -> list[int]:
+    """Greedy answer under the intervention, with the KV cache (without it when the intervention
+    shortens the cache of the first layer, whose length tells the model the next position)."""
+    prompt = adapter.prepare(sample, response_ids=[])
+    tokens = stage_tokens(prompt, intervention.stage)
+    use_cache = not (
+        intervention.removes_tokens() and intervention.stage == "llm" and 0 in intervention.layers
+    )
+    with intervening(adapter, intervention, tokens, reference=reference):
+        return adapter.generate(sample, max_new_tokens, use_cache=use_cache)
+
+
+def eos_token_id(adapter: Adapter) -> int | None:
+    eos = getattr(adapter.processor, "eos_token_id", None)
+    return eos if eos is not None else getattr(adapter.tokenizer, "eos_token_id", None)
+
+
+@torch.no_grad()
+def run_sample(
+    adapter: Adapter,
+    sample: Sample,
+    intervention: Intervention,
+    gold_ids: list[int] | None,
+    max_new_tokens: int = 0,
+    reference: bool = False,
+) -> Outcome:
+    """One prefill of the prompt under the intervention, shared by everything an ablation reads: the first
+    answer token's distribution, the gold answer scored from a copy of its KV cache, and greedy decoding
+    from it. Interventions that shorten the first layer's cache (whose length sets the next position)
+    are scored from one teacher-forced forward and decoded without a cache instead."""
+    if intervention.removes_tokens() and intervention.stage == "llm" and 0 in intervention.layers:
+        return _run_without_cache(adapter, sample, intervention, gold_ids, max_new_tokens, reference)
+    prompt = adapter.prepare(sample, response_ids=[])
+    inputs = {k: v.to(adapter.device) for k, v in prompt.inputs.items()}
+    n = prompt.prompt_length
+    with intervening(adapter, intervention, stage_tokens(prompt, intervention.stage), reference) as state:
+        out = adapter.forward(inputs, use_cache=True)
+        processed = state.tokens_processed
+        first = torch.log_softmax(out.logits[0, -1].double().cpu(), dim=-1)
+        cache = cache_of(out)
+        gold_logprob = None
+        if gold_ids:
+            gold_logprob = float(first[gold_ids[0]])
+            if len(gold_ids) > 1:
+                rest = _step(adapter, copy.deepcopy(cache), gold_ids[:-1], n)
+                logprobs = torch.log_softmax(rest.logits[0].double().cpu(), dim=-1)
+                gold_logprob += float(logprobs.gather(1, torch.tensor(gold_ids[1:])[:, None]).sum())
+        generated: list[int] | None = None
+        if max_new_tokens > 0:
+            generated, eos, token = [], eos_token_id(adapter), int(first.argmax())
+            while token != eos and len(generated) < max_new_tokens:
+                generated.append(token)
+                if len(generated) == max_new_tokens:
+                    break
+                step = _step(adapter, cache, [token], n + len(generated) - 1)
+                cache = cache_of(step)
+                token = int(step.logits[0, -1].argmax())
+    return Outcome(first, gold_logprob, generated, processed)
+
+
+def _step(adapter: Adapter, cache, ids: list[int], past: int):
+    """Feed `ids` after `past` cached positions (no images: they are in the cache)."""
+    device = adapter.device
+    return adapter.forward(
+        {
+            "input_ids": torch.tensor([ids], device=device),
+            "attention_mask": torch.ones(1, past + len(ids), dtype=torch.long, device=device),
+        },
+        use_cache=True,
+        **cache_kwargs(cache),
+    )
+
+
+def _run_without_cache(adapter, sample, intervention, gold_ids, max_new_tokens, reference) -> Outcome:
+    prepared = adapter.prepare(sample, response_ids=list(gold_ids or []))
+    logits, processed = forward_logits(adapter, prepared, intervention, reference)
+    logprobs = torch.log_softmax(logits, dim=-1)
+    start = prepared.prompt_length
+    gold_logprob = None
+    if gold_ids:
+        targets = torch.tensor(gold_ids)
+        gold_logprob = float(
+            logprobs[start - 1 : start - 1 + len(gold_ids)].gather(1, targets[:, None]).sum()
+        )
+    generated = (
+        generate(adapter, sample, intervention, max_new_tokens, reference) if max_new_tokens > 0 else None
+    )
+    return Outcome(logprobs[start - 1], gold_logprob, generated, processed)
