@@ -130,3 +130,20 @@ def test_grid_rows_say_how_much_of_the_images_attention_the_grid_shows(tiny_llav
         else:
             assert (share < 0.5).all() and (share > 0).all()  # base view of 576 among ~2900 image tokens
             assert f"grid shows {share.min():.0%} of its attention" in labels
+
+
+def test_images_are_told_apart_without_the_processors_token_count(tiny_llava_next, images, monkeypatch):
+    """A processor without `_get_num_multimodal_tokens`: each image is its run of image tokens (never an
+    equal split: LLaVA-NeXT images of different shapes have different token counts)."""
+    adapter = tiny_llava_next.adapter
+    sample = make_sample("<image> and then <image>: same?", [images[0], images[1]], response="no")
+    expected = adapter.prepare(sample).roles["llm"].role_ids
+    monkeypatch.setattr(type(adapter.processor), "_get_num_multimodal_tokens", None, raising=False)
+    got = adapter.prepare(sample).roles["llm"].role_ids
+    labels = adapter.prepare(sample).roles["llm"].labels
+    counts = [int((got == labels.index(f"image:{k}")).sum()) for k in range(2)]
+    assert counts[0] != counts[1]  # the two pictures differ in shape, so an equal split would be wrong
+    assert torch.equal(got, expected)
+    pictures = [Image.open(p) for p in images[:2]]
+    with pytest.raises(ProbeError, match="put text between the <image> slots"):  # one run, two images
+        adapter.tokens_per_image(pictures, list(range(10, 30)))

@@ -67,12 +67,24 @@ class LlavaAdapter(Adapter):
         prefix_ids = self.tokenizer(rendered[:cut].rstrip(), add_special_tokens=True).input_ids
         return common_prefix_length(prefix_ids, input_ids)
 
-    def tokens_per_image(self, images, n_positions: int) -> list[int]:
+    def tokens_per_image(self, images, positions: list[int]) -> list[int]:
+        """How many of the prompt's image tokens belong to each image: the processor's own count where it
+        has one, else one run of consecutive image tokens per image (refused when that is ambiguous)."""
+        n_positions = len(positions)
         sizes = [(img.height, img.width) for img in images]
+        helper = getattr(self.processor, "_get_num_multimodal_tokens", None)
         try:
-            counts = list(self.processor._get_num_multimodal_tokens(image_sizes=sizes)["num_image_tokens"])
-        except Exception:  # processors without the helper: equal split
-            counts = [n_positions // len(images)] * len(images)
+            counts = list(helper(image_sizes=sizes)["num_image_tokens"]) if helper is not None else None
+        except (TypeError, KeyError, ValueError):  # a processor whose helper wants other arguments
+            counts = None
+        if counts is None:
+            runs = contiguous_runs(positions)
+            if len(runs) != len(images):
+                raise ProbeError(
+                    f"cannot tell which of the {n_positions} image tokens belong to which of {len(images)} images "
+                    f"(they form {len(runs)} run(s)): put text between the <image> slots"
+                )
+            counts = [end - start for start, end in runs]
         if sum(counts) != n_positions:
             raise ProbeError(
                 f"found {n_positions} image tokens but expected {sum(counts)} for {len(images)} image(s)"
@@ -101,7 +113,7 @@ class LlavaAdapter(Adapter):
 
     def _roles(self, prompt_ids: list[int], length: int, images) -> StageRoles:
         positions = [i for i, t in enumerate(prompt_ids) if t == self.image_token_id]
-        counts = self.tokens_per_image(images, len(positions))
+        counts = self.tokens_per_image(images, positions)
         labels = text_labels(len(images))
         n_system = min(self.system_prefix_length(prompt_ids), positions[0] if positions else len(prompt_ids))
         spans = text_spans(n_system, len(prompt_ids), length)
