@@ -284,3 +284,16 @@ def test_native_rows_during_generation_with_each_cache(tiny_llava, cache):
     assert all(s.mass.shape[1] == n_rows for s in got)
     # generated tokens are "response" to the context (beyond the prompt's roles), as in the finished run
     assert_stats_close(expected, got, rows=slice(0, n_rows))
+
+
+def test_transformer_lens_says_before_it_copies_the_model(probe_home, one_image, capsys):
+    import probe
+
+    loaded = probe.load("tiny-llava", device="cpu")  # its own adapter: no bridge built yet
+    prepared, _ = one_image
+    for _ in range(2):
+        get_engine("transformer-lens")(loaded.adapter, prepared)
+    weights = sum(t.numel() * t.element_size() for t in loaded.model.state_dict().values())
+    err = capsys.readouterr().err
+    assert err.count("copy of the model") == 1  # said once, before the first (and only) copy
+    assert f"{weights / 2**20:,.0f} MiB more memory on cpu" in err

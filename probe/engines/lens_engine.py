@@ -22,6 +22,7 @@ from probe.adapters.base import Adapter, Prepared
 from probe.engines import grid_unsupported, register_engine
 from probe.errors import ProbeError
 from probe.intermediate import LayerStats, stats_from_probabilities
+from probe.notes import note
 
 MAX_TOKENS = 32768
 SUPPORTED = {"llava", "llava_next"}
@@ -55,6 +56,11 @@ def bridge_for(adapter: Adapter):
     if bridge is None:
         from transformer_lens.model_bridge import TransformerBridge
 
+        weights = sum(t.numel() * t.element_size() for t in adapter.model.state_dict().values())
+        note(
+            f"transformer-lens builds its bridge over a copy of the model: {weights / 2**20:,.0f} MiB more "
+            f"memory on {adapter.device} (--backend native needs none)"
+        )
         model = copy.deepcopy(adapter.model)
         if not getattr(
             model.config, "architectures", None
