@@ -384,6 +384,7 @@ def efficiency_command(
     from probe.efficiency.job import EfficiencyOptions, run_efficiency, summary_lines
     from probe.efficiency.setups import Request
 
+    _quiet_libraries()
     options = EfficiencyOptions(
         models=[model_name, *compare],
         request=Request(resolution, frames, prompt_tokens, response_tokens),
