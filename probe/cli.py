@@ -40,8 +40,9 @@ def models_command() -> None:
         click.echo(f"{spec.name:24s} {spec.family:12s} {spec.description}")
 
 
-def _default_out(model: str) -> Path:
-    return Path("runs") / (re.sub(r"[^A-Za-z0-9._-]+", "_", model).strip("_") + "-attention")
+def _default_out(model: str, command: str = "attention") -> Path:
+    """runs/<model>-<command>: the run directory a command uses when --out is not given."""
+    return Path("runs") / (re.sub(r"[^A-Za-z0-9._-]+", "_", model).strip("_") + f"-{command}")
 
 
 @cli.command("attention")
@@ -468,10 +469,7 @@ def _run_ablation(command, model_name, dataset, limit, make_settings, spec, comm
     from probe.results import check_output_dir
     from probe.zoo import load
 
-    out = check_output_dir(
-        common["out"]
-        or Path("runs") / (re.sub(r"[^A-Za-z0-9._-]+", "_", model_name).strip("_") + f"-{command}")
-    )
+    out = check_output_dir(common["out"] or _default_out(model_name, command))
     samples = read_dataset(dataset)[:limit]
     missing = [s.sample_id for s in samples if not (s.answer or "").strip()]
     if missing:
