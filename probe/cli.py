@@ -591,6 +591,33 @@ def prune_command(model_name, dataset, limit, layer, keeps, **common) -> None:
     )
 
 
+@cli.command("sweep")
+@click.option(
+    "--config", "config_path", type=click.Path(path_type=Path), required=True, help="The sweep's YAML file."
+)
+@click.option(
+    "--executor",
+    type=click.Choice(["local", "ray"]),
+    default="local",
+    show_default=True,
+    help="local: cells one after another; ray: one Ray task per cell (one GPU each on CUDA).",
+)
+@click.option("--address", help="Ray cluster address (default: the one `ray start` left, or a local one).")
+@click.option("--out", type=click.Path(path_type=Path), help="Sweep directory [runs/sweep-<config name>].")
+def sweep_command(config_path, executor, address, out) -> None:
+    """Train and evaluate LLaVA-Mini students over C x N_fusion x compression kind; rerun to resume."""
+    from probe.sweep.config import read_config
+    from probe.sweep.runner import run_sweep
+
+    config = read_config(config_path)
+    out = out or Path("runs") / f"sweep-{config_path.stem}"
+    _quiet_libraries()
+    table = run_sweep(config, out, executor=executor, address=address, command=" ".join(sys.argv))
+    columns = ["cell", "vision_tokens", "accuracy", "accuracy_ci_low", "accuracy_ci_high", "blank_accuracy"]
+    click.echo(table[[c for c in columns if c in table]].to_string(index=False, float_format="%.3f"))
+    click.echo(f"results: {out}")
+
+
 def main() -> None:
     """Entry point: user errors are one line on stderr and exit code 2, never a traceback."""
     try:
