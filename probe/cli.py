@@ -609,9 +609,9 @@ def sweep_command(config_path, executor, address, out) -> None:
     from probe.sweep.config import read_config
     from probe.sweep.runner import run_sweep
 
+    _quiet_libraries()
     config = read_config(config_path)
     out = out or Path("runs") / f"sweep-{config_path.stem}"
-    _quiet_libraries()
     table = run_sweep(config, out, executor=executor, address=address, command=" ".join(sys.argv))
     columns = ["cell", "vision_tokens", "accuracy", "accuracy_ci_low", "accuracy_ci_high", "blank_accuracy"]
     click.echo(table[[c for c in columns if c in table]].to_string(index=False, float_format="%.3f"))

@@ -95,7 +95,15 @@ def _device(config: SweepConfig) -> str:
 def run_cell(
     config: SweepConfig, cell: Cell, out: Path, threads: int | None = None, progress: bool = True
 ) -> dict:
-    """Train (resuming) and evaluate one cell; returns its row, also written to result.json (last)."""
+    """Train (resuming) and evaluate one cell; returns its row, also written to result.json (last). Notes
+    (image placement, ...) were said when the config was read: not again per cell."""
+    from probe.notes import muted
+
+    with muted():
+        return _run_cell(config, cell, out, threads, progress)
+
+
+def _run_cell(config: SweepConfig, cell: Cell, out: Path, threads: int | None, progress: bool) -> dict:
     from probe.attention_job import AttentionOptions, run_attention
     from probe.inputs import read_dataset
     from probe.sweep.evaluate import evaluate_cell
@@ -183,10 +191,11 @@ def run_local(cells: list[Cell], work: Callable[[Cell], dict], progress: bool) -
 
 def run_on_ray(
     cells: list[Cell],
-    work: Callable[[Cell], dict],
+    config: SweepConfig,
+    out: Path,
     address: str | None,
     gpus: float,
-    cpus: float,
+    cpus: int,
     progress: bool,
 ) -> None:
     """One Ray task per cell asking for `gpus` GPUs (1 on CUDA), so a cluster runs as many cells at once
@@ -197,8 +206,10 @@ def run_on_ray(
         raise ProbeError("--executor ray needs Ray: pip install -e '.[ray]'") from None
     if not ray.is_initialized():
         ray.init(address=address, include_dashboard=False, configure_logging=False, log_to_driver=False)
-    remote = ray.remote(num_gpus=gpus, num_cpus=cpus, max_retries=0)(work)
-    pending = [remote.remote(cell) for cell in cells]
+    remote = ray.remote(num_gpus=gpus, num_cpus=cpus, max_retries=0)(run_cell)
+    pending = [
+        remote.remote(config, cell, Path(out).resolve(), threads=cpus, progress=False) for cell in cells
+    ]
     with tqdm(total=len(cells), desc="cells", unit="cell", disable=not progress) as bar:
         while pending:
             done, pending = ray.wait(pending, num_returns=1)
@@ -250,12 +261,11 @@ def run_sweep(
     todo = [c for c in cells if not (cell_dir(out, c) / "result.json").is_file()]
     if len(todo) < len(cells):
         print(f"resuming: {len(cells) - len(todo)} of {len(cells)} cells already done")
-    work = partial(run_cell, config, out=out, threads=threads, progress=progress and executor == "local")
     if executor == "local":
-        run_local(todo, work, progress)
+        run_local(todo, partial(run_cell, config, out=out, threads=threads, progress=progress), progress)
     elif executor == "ray":
         gpus = 1.0 if _device(config) == "cuda" else 0.0
-        run_on_ray(todo, work, address, gpus, float(threads or 1), progress)
+        run_on_ray(todo, config, out, address, gpus, threads or 1, progress)
     else:
         raise ProbeError(f"--executor must be local or ray, got '{executor}'")
     table, questions, attention = gather(out, cells)
