@@ -200,6 +200,8 @@ def run_on_ray(
 ) -> None:
     """One Ray task per cell asking for `gpus` GPUs (1 on CUDA), so a cluster runs as many cells at once
     as it has GPUs. Resume is the cells' own: a task for a finished cell returns its row at once."""
+    if not cells:
+        return
     try:
         import ray
     except ImportError:
