@@ -102,6 +102,14 @@ def _default_out(model: str, command: str = "attention") -> Path:
     help="The language model's attention implementation [default: sdpa]; native statistics run inside it.",
 )
 @click.option("--seed", default=0, show_default=True, type=int)
+@click.option(
+    "--executor",
+    type=click.Choice(["local", "ray"]),
+    default="local",
+    show_default=True,
+    help="ray: shard the samples over Ray workers (one GPU each on CUDA), merged into the same tables.",
+)
+@click.option("--address", help="Ray cluster address for --executor ray (default: local Ray).")
 def attention_command(
     model_name,
     images,
@@ -120,8 +128,12 @@ def attention_command(
     dtype,
     attn,
     seed,
+    executor,
+    address,
 ) -> None:
     """Per-layer attention mass and entropy on vision / instruction / response tokens (paper Figs. 2-3)."""
+    from functools import partial
+
     from probe.attention_job import AttentionOptions, check_grid_options, run_attention
     from probe.engines import get_engine
     from probe.grid import parse_grid_queries
@@ -170,6 +182,9 @@ def attention_command(
         dataset=dataset,
         limit=limit,
         command=command_line(),
+        executor=executor,
+        reload=partial(load, model_name, device=device, dtype=dtype, attn=attn),
+        address=address,
     )
     layers = ", ".join(
         f"{n} {stage}" for stage, n in table.groupby("stage", sort=False)["layer"].nunique().items()

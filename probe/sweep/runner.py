@@ -16,16 +16,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 from PIL import Image
-from tqdm.auto import tqdm
 
 from probe.errors import ProbeError
+from probe.executors import run_tasks
 from probe.results import atomic_write, check_output_dir, versions, write_json, write_table
 from probe.sweep.config import Cell, SweepConfig
 
@@ -184,47 +183,6 @@ def _run_cell(config: SweepConfig, cell: Cell, out: Path, threads: int | None, p
     return row
 
 
-def run_local(cells: list[Cell], work: Callable[[Cell], dict], progress: bool) -> None:
-    for cell in tqdm(cells, desc="cells", unit="cell", disable=not progress):
-        work(cell)
-
-
-def run_on_ray(
-    cells: list[Cell],
-    config: SweepConfig,
-    out: Path,
-    address: str | None,
-    gpus: float,
-    cpus: int,
-    progress: bool,
-) -> None:
-    """One Ray task per cell asking for `gpus` GPUs (1 on CUDA), so a cluster runs as many cells at once
-    as it has GPUs. Resume is the cells' own: a task for a finished cell returns its row at once."""
-    if not cells:
-        return
-    try:
-        import ray
-    except ImportError:
-        raise ProbeError("--executor ray needs Ray: pip install -e '.[ray]'") from None
-    if not ray.is_initialized():
-        ray.init(address=address, include_dashboard=False, configure_logging=False, log_to_driver=False)
-    remote = ray.remote(num_gpus=gpus, num_cpus=cpus, max_retries=0)(run_cell)
-    pending = [
-        remote.remote(config, cell, Path(out).resolve(), threads=cpus, progress=False) for cell in cells
-    ]
-    with tqdm(total=len(cells), desc="cells", unit="cell", disable=not progress) as bar:
-        while pending:
-            done, pending = ray.wait(pending, num_returns=1)
-            try:
-                ray.get(done[0])
-            except ray.exceptions.RayTaskError as exc:
-                cause = exc.cause if isinstance(exc.cause, ProbeError) else None
-                if cause is not None:
-                    raise cause from None
-                raise
-            bar.update(1)
-
-
 def gather(out: Path, cells: list[Cell]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """(cells, questions, attention) tables from the finished cells' files, in the config's cell order."""
     rows, questions, attention = [], [], []
@@ -252,8 +210,6 @@ def run_sweep(
     command: str | None = None,
 ) -> pd.DataFrame:
     """Run every unfinished cell, then (re)write the sweep's tables, figures and manifest."""
-    from functools import partial
-
     from probe.provenance import run_provenance
     from probe.zoo import probe_home
 
@@ -263,13 +219,12 @@ def run_sweep(
     todo = [c for c in cells if not (cell_dir(out, c) / "result.json").is_file()]
     if len(todo) < len(cells):
         print(f"resuming: {len(cells) - len(todo)} of {len(cells)} cells already done")
-    if executor == "local":
-        run_local(todo, partial(run_cell, config, out=out, threads=threads, progress=progress), progress)
-    elif executor == "ray":
-        gpus = 1.0 if _device(config) == "cuda" else 0.0
-        run_on_ray(todo, config, out, address, gpus, threads or 1, progress)
-    else:
-        raise ProbeError(f"--executor must be local or ray, got '{executor}'")
+    # a cell's own bars (steps, questions) only where they can be seen: in this process
+    arguments = [
+        (config, cell, Path(out).resolve(), threads, progress and executor == "local") for cell in todo
+    ]
+    gpus = 1.0 if _device(config) == "cuda" else 0.0
+    run_tasks(run_cell, arguments, executor, address, gpus, threads or 1, progress, desc="cells")
     table, questions, attention = gather(out, cells)
     write_table(table, out, "cells")
     write_table(questions, out, "questions")
