@@ -74,6 +74,12 @@ class LlavaMiniAdapter(Adapter):
         return common_prefix_length(prefix, ids)
 
     def encode_response(self, response: str) -> list[int]:
+        """The response as the model writes it after its prompt: a template ending in a separator word
+        (Vicuna's `ASSISTANT:`, as LLaVA-v1.5 and the organisms use) is answered after a space, one ending
+        in a newline (Llama-3's header) is not. Tokenised without the space, " triangle" becomes other
+        tokens than the model generates."""
+        if not response[:1].isspace() and not self.render("")[-1:].isspace():
+            response = " " + response
         return self.tokenizer(response, add_special_tokens=False).input_ids
 
     def prepare(self, sample: Sample, response_ids: list[int] | None = None) -> Prepared:

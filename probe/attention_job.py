@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -325,6 +326,41 @@ def prepare_run_dir(out_dir: Path, manifest: dict, samples: list[Sample], overwr
     return parts
 
 
+def probe_and_store(
+    loaded: LoadedModel, sample: Sample, options: AttentionOptions, parts: Path, k: int
+) -> None:
+    """Sample k's parts: its info (.json, with the sample's fingerprint), grid rows, and last its attention
+    rows (.parquet), whose presence marks it done. Any process may write them (`--executor ray`)."""
+    result = probe_sample(loaded, sample, options)
+    info = {**result.info, "_fingerprint": sample_fingerprint(sample)}
+    atomic_write(_part(parts, k, ".json"), lambda p: p.write_text(json.dumps(info, default=str)))
+    if result.grid is not None:
+        atomic_write(_part(parts, k, ".grid.parquet"), lambda p: result.grid.to_parquet(p, index=False))
+    atomic_write(_part(parts, k), lambda p: result.table.to_parquet(p, index=False))
+
+
+def probe_shard(
+    reload: Callable[[], LoadedModel], items: list, options: AttentionOptions, parts: Path
+) -> None:
+    """A worker's share: load the model once, then probe and store each (k, sample)."""
+    loaded = reload()
+    for k, sample in items:
+        probe_and_store(loaded, sample, options, parts, k)
+
+
+def shard_over_workers(loaded, reload, todo: list, options, parts: Path, executor, address, progress) -> None:
+    from probe.executors import ray_worker_count, run_tasks
+
+    if reload is None:
+        raise ProbeError(f"--executor {executor} needs a way to load the model in each worker (reload=)")
+    if not todo:
+        return
+    gpus = 1.0 if next(loaded.model.parameters()).device.type == "cuda" else 0.0
+    n = min(len(todo), ray_worker_count(gpus, address)) if executor == "ray" else 1
+    shards = [(reload, todo[i::n], options, parts) for i in range(n)]
+    run_tasks(probe_shard, shards, executor, address, gpus=gpus, progress=progress, desc="shards")
+
+
 def run_attention(
     loaded: LoadedModel,
     samples: list[Sample],
@@ -335,8 +371,14 @@ def run_attention(
     dataset: Path | None = None,
     limit: int | None = None,
     command: str | None = None,
+    executor: str = "local",
+    reload: Callable[[], LoadedModel] | None = None,
+    address: str | None = None,
 ) -> pd.DataFrame:
     """Probe every sample (resuming finished ones), then write the table, summary, manifest and figures.
+
+    `executor="ray"` shards the unfinished samples over Ray tasks (one GPU each on CUDA), each loading the
+    model with `reload()` and writing the same parts; this process then merges them as a local run does.
 
     Per sample, `.parts/` gets its info (.json, with the sample's fingerprint), its grid rows (.grid.parquet,
     with grid queries) and last its attention rows (.parquet), whose presence marks the sample done; the parts
@@ -360,20 +402,13 @@ def run_attention(
     if len(todo) < len(samples):
         print(f"resuming: {len(samples) - len(todo)} of {len(samples)} samples already done")
     try:
-        for k, sample in tqdm(todo, desc="samples", unit="sample", disable=not progress or len(samples) < 2):
-            result = probe_sample(loaded, sample, options)
-            info = {**result.info, "_fingerprint": sample_fingerprint(sample)}
-            atomic_write(
-                _part(parts, k, ".json"), lambda p, info=info: p.write_text(json.dumps(info, default=str))
-            )
-            if result.grid is not None:
-                atomic_write(
-                    parts / f"{k:07d}.grid.parquet",
-                    lambda p, grid=result.grid: grid.to_parquet(p, index=False),
-                )
-            atomic_write(
-                parts / f"{k:07d}.parquet", lambda p, table=result.table: table.to_parquet(p, index=False)
-            )
+        if executor == "local":
+            for k, sample in tqdm(
+                todo, desc="samples", unit="sample", disable=not progress or len(samples) < 2
+            ):
+                probe_and_store(loaded, sample, options, parts, k)
+        else:
+            shard_over_workers(loaded, reload, todo, options, parts, executor, address, progress)
     except ProbeError:
         if not any((parts / f"{k:07d}.parquet").exists() for k in range(len(samples))):
             shutil.rmtree(out_dir if fresh else parts, ignore_errors=True)  # nothing done: leave nothing

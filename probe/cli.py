@@ -102,6 +102,14 @@ def _default_out(model: str, command: str = "attention") -> Path:
     help="The language model's attention implementation [default: sdpa]; native statistics run inside it.",
 )
 @click.option("--seed", default=0, show_default=True, type=int)
+@click.option(
+    "--executor",
+    type=click.Choice(["local", "ray"]),
+    default="local",
+    show_default=True,
+    help="ray: shard the samples over Ray workers (one GPU each on CUDA), merged into the same tables.",
+)
+@click.option("--address", help="Ray cluster address for --executor ray (default: local Ray).")
 def attention_command(
     model_name,
     images,
@@ -120,8 +128,12 @@ def attention_command(
     dtype,
     attn,
     seed,
+    executor,
+    address,
 ) -> None:
     """Per-layer attention mass and entropy on vision / instruction / response tokens (paper Figs. 2-3)."""
+    from functools import partial
+
     from probe.attention_job import AttentionOptions, check_grid_options, run_attention
     from probe.engines import get_engine
     from probe.grid import parse_grid_queries
@@ -170,6 +182,9 @@ def attention_command(
         dataset=dataset,
         limit=limit,
         command=command_line(),
+        executor=executor,
+        reload=partial(load, model_name, device=device, dtype=dtype, attn=attn),
+        address=address,
     )
     layers = ", ".join(
         f"{n} {stage}" for stage, n in table.groupby("stage", sort=False)["layer"].nunique().items()
@@ -589,6 +604,33 @@ def prune_command(model_name, dataset, limit, layer, keeps, **common) -> None:
     _run_ablation(
         "prune", model_name, dataset, limit, settings, {"layer": layer, "keep": list(keeps)}, common
     )
+
+
+@cli.command("sweep")
+@click.option(
+    "--config", "config_path", type=click.Path(path_type=Path), required=True, help="The sweep's YAML file."
+)
+@click.option(
+    "--executor",
+    type=click.Choice(["local", "ray"]),
+    default="local",
+    show_default=True,
+    help="local: cells one after another; ray: one Ray task per cell (one GPU each on CUDA).",
+)
+@click.option("--address", help="Ray cluster address (default: the one `ray start` left, or a local one).")
+@click.option("--out", type=click.Path(path_type=Path), help="Sweep directory [runs/sweep-<config name>].")
+def sweep_command(config_path, executor, address, out) -> None:
+    """Train and evaluate LLaVA-Mini students over C x N_fusion x compression kind; rerun to resume."""
+    from probe.sweep.config import read_config
+    from probe.sweep.runner import run_sweep
+
+    _quiet_libraries()
+    config = read_config(config_path)
+    out = out or Path("runs") / f"sweep-{config_path.stem}"
+    table = run_sweep(config, out, executor=executor, address=address, command=" ".join(sys.argv))
+    columns = ["cell", "vision_tokens", "accuracy", "accuracy_ci_low", "accuracy_ci_high", "blank_accuracy"]
+    click.echo(table[[c for c in columns if c in table]].to_string(index=False, float_format="%.3f"))
+    click.echo(f"results: {out}")
 
 
 def main() -> None:

@@ -32,6 +32,7 @@ SUBSTITUTIONS = [
     ("--generate 32", "--generate 4", "speed"),
     ("--generate 16", "--generate 4", "speed"),
     ("--limit 100", "--limit 2", "speed"),
+    ("--config sweep.yaml", "--config sweep-tiny.yaml", "speed: one 2-step cell on tiny-llava, 2 questions"),
     (
         "--split test [--blank-image]",
         "--split test --blank-image --limit 2",
@@ -101,6 +102,14 @@ def write_reader_files(cwd: Path) -> None:
         {"id": "q3", "image": "skimage:coffee", "prompt": "<image> What drink?", "answer": "coffee"},
     ]
     (cwd / "questions.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    sweep = {
+        "base": "tiny-llava",
+        "dataset": {"train": "questions.jsonl", "eval": "questions.jsonl"},
+        "grid": {"compressor_size": [1], "prefusion_layers": [1], "kind": ["query"]},
+        "train": {"steps": 2, "batch_size": 2, "warmup": 1},
+        "eval": {"limit": 2, "attention_limit": 1, "latency_samples": 1, "max_new_tokens": 2},
+    }
+    (cwd / "sweep-tiny.yaml").write_text(json.dumps(sweep))  # JSON is YAML
 
 
 def test_every_readme_example_runs(tmp_path, capsys, monkeypatch, tiny_llava):

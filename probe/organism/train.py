@@ -20,32 +20,27 @@ one multi-turn conversation over its questions (as in LLaVA's instruction data),
 tokens are paid once for several answers. Any model with that forward can be trained (stage `full`),
 which is how `organism-llava-mini` is trained.
 
-Determinism and resume: the batch of step t is a pure function of (seed, stage, t); learning rates are a
-pure function of the step; a checkpoint (model, optimiser, step) is written atomically every
-`checkpoint_every` steps and at each stage end. Killing a run and rerunning the same command continues
-from the last checkpoint and ends with the same weights as an uninterrupted run.
+The loop, its schedule, checkpoints (safetensors) and resume are `probe.training.loop`'s, shared with
+`probe sweep`: killing a run and rerunning the same command continues from the last checkpoint and ends
+with the same weights as an uninterrupted run.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from probe.errors import ProbeError
 from probe.organism import data as D
 from probe.organism.model import MICRO, OrganismSize, build_organism_llava
+from probe.training.loop import Schedule, Stage, run_stages
 
-CHECKPOINT = "checkpoint.pt"
-STAGE_IDS = {"vision": 0, "projector": 1, "full": 2, "easy": 3}
 EASY_OBJECTS = (1, 2)  # objects per scene in stage `easy`
 # vision warm-up probe: colour, shape, size (each + background), grid row, grid column
 HEAD_SIZES = [len(D.COLOURS) + 1, len(D.SHAPES) + 1, len(D.SIZES) + 1, D.GRID, D.GRID]
@@ -68,6 +63,16 @@ class TrainConfig:
     threads: int = 2
     size: OrganismSize = field(default_factory=OrganismSize)
 
+    def schedule(self) -> Schedule:
+        return Schedule(
+            seed=self.seed,
+            warmup=self.warmup,
+            min_lr_ratio=self.min_lr_ratio,
+            weight_decay=self.weight_decay,
+            grad_clip=self.grad_clip,
+            checkpoint_every=self.checkpoint_every,
+        )
+
     def to_json(self) -> dict:
         d = asdict(self)
         d["stages"] = [list(s) for s in self.stages]
@@ -89,12 +94,54 @@ def micro_config(seed: int = 0) -> TrainConfig:
 
 
 # --- batches ---------------------------------------------------------------------------------------
-def step_rng(seed: int, stage: str, step: int) -> np.random.Generator:
-    return np.random.default_rng([seed, 1000 + STAGE_IDS[stage], step])
-
-
 def _is_mini_processor(processor) -> bool:
     return type(processor).__name__ == "LlavaMiniProcessor"
+
+
+def _turn(processor, question: str, first: bool) -> str:
+    content = ([{"type": "image"}] if first else []) + [{"type": "text", "text": question}]
+    messages = [{"role": "user", "content": content}]
+    if _is_mini_processor(processor):  # LlavaMiniProcessor renders text only (no `tokenize`)
+        return processor.apply_chat_template(messages, add_generation_prompt=True)
+    return processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+
+def encode_dialogue(
+    processor, image, turns: list[tuple[str, str]]
+) -> tuple[list[int], list[int], torch.Tensor]:
+    """(input ids, labels, pixel values) of a conversation about `image` over (question, answer) turns, in
+    the processor's chat template; labels on answer tokens and their </s> only. The image goes in the
+    first turn. LLaVA-v1.5: 576 expanded image tokens, pixel values [3, H, W]; LLaVA-Mini: C^2 placeholder
+    ids (-200) per image, pixel values [T=1, V=1, 3, H, W] (its processor's own layout)."""
+    tokenizer = processor.tokenizer
+    ids: list[int] = []
+    labels: list[int] = []
+    pixel_values = None
+    for k, (question, answer) in enumerate(turns):
+        if k == 0:
+            enc = processor(images=[image], text=_turn(processor, question, True), return_tensors="pt")
+            prompt = enc["input_ids"][0].tolist()
+            pixel_values = enc["pixel_values"][0]
+        else:
+            prompt = tokenizer(_turn(processor, question, False), add_special_tokens=False).input_ids
+        answer_ids = tokenizer(" " + answer, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
+        ids += prompt + answer_ids
+        labels += [-100] * len(prompt) + answer_ids
+    return ids, labels, pixel_values
+
+
+def pad_batch(rows: list[tuple[list[int], list[int], torch.Tensor]], pad: int) -> dict:
+    """Right-padded `forward` inputs of encoded dialogues."""
+    length = max(len(r[0]) for r in rows)
+    input_ids = torch.full((len(rows), length), pad, dtype=torch.long)
+    labels = torch.full((len(rows), length), -100, dtype=torch.long)
+    mask = torch.zeros((len(rows), length), dtype=torch.long)
+    for b, (ids, lab, _) in enumerate(rows):
+        input_ids[b, : len(ids)] = torch.tensor(ids)
+        labels[b, : len(lab)] = torch.tensor(lab)
+        mask[b, : len(ids)] = 1
+    pixel_values = torch.stack([r[2] for r in rows])
+    return {"input_ids": input_ids, "pixel_values": pixel_values, "attention_mask": mask, "labels": labels}
 
 
 class Batcher:
@@ -102,60 +149,19 @@ class Batcher:
 
     def __init__(self, processor, scenes: list[D.Scene]) -> None:
         self.processor = processor
-        self.tokenizer = processor.tokenizer
         self.scenes = scenes
-        self.eos = self.tokenizer.eos_token_id
-        self.pad = self.tokenizer.pad_token_id
-
-    def _turn(self, question: str, first: bool) -> str:
-        content = ([{"type": "image"}] if first else []) + [{"type": "text", "text": question}]
-        messages = [{"role": "user", "content": content}]
-        if _is_mini_processor(self.processor):  # LlavaMiniProcessor renders text only (no `tokenize`)
-            return self.processor.apply_chat_template(messages, add_generation_prompt=True)
-        return self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
     def conversation(self, scene: D.Scene, order: list[int]) -> tuple[list[int], list[int], torch.Tensor]:
         """-> (input ids, labels, pixel values) of one multi-turn conversation; labels on answers + </s>."""
-        ids: list[int] = []
-        labels: list[int] = []
-        pixel_values = None
-        for k, qi in enumerate(order):
-            q = scene.questions[qi]
-            if k == 0:
-                # LLaVA-v1.5: 576 expanded image tokens, pixel values [3, H, W]; LLaVA-Mini: C^2 placeholder
-                # ids (-200) per image, pixel values [T=1, V=1, 3, H, W] (its processor's own layout)
-                enc = self.processor(
-                    images=[scene.image()], text=self._turn(q.prompt, True), return_tensors="pt"
-                )
-                prompt = enc["input_ids"][0].tolist()
-                pixel_values = enc["pixel_values"][0]
-            else:
-                prompt = self.tokenizer(self._turn(q.prompt, False), add_special_tokens=False).input_ids
-            answer = self.tokenizer(" " + q.answer, add_special_tokens=False).input_ids + [self.eos]
-            ids += prompt + answer
-            labels += [-100] * len(prompt) + answer
-        return ids, labels, pixel_values
+        turns = [(scene.questions[i].prompt, scene.questions[i].answer) for i in order]
+        return encode_dialogue(self.processor, scene.image(), turns)
 
     def text_batch(self, indices: list[int], rng: np.random.Generator) -> dict:
         rows = []
         for i in indices:
             scene = self.scenes[i]
             rows.append(self.conversation(scene, list(rng.permutation(len(scene.questions)))))
-        length = max(len(r[0]) for r in rows)
-        input_ids = torch.full((len(rows), length), self.pad, dtype=torch.long)
-        labels = torch.full((len(rows), length), -100, dtype=torch.long)
-        mask = torch.zeros((len(rows), length), dtype=torch.long)
-        for b, (ids, lab, _) in enumerate(rows):
-            input_ids[b, : len(ids)] = torch.tensor(ids)
-            labels[b, : len(lab)] = torch.tensor(lab)
-            mask[b, : len(ids)] = 1
-        pixel_values = torch.stack([r[2] for r in rows])
-        return {
-            "input_ids": input_ids,
-            "pixel_values": pixel_values,
-            "attention_mask": mask,
-            "labels": labels,
-        }
+        return pad_batch(rows, self.processor.tokenizer.pad_token_id)
 
     def vision_batch(self, indices: list[int], grid: int) -> dict:
         scenes = [self.scenes[i] for i in indices]
@@ -199,8 +205,6 @@ def _vision_tower(model):
 def parameter_groups(model, stage: str, head: torch.nn.Module | None, config: TrainConfig) -> list[dict]:
     """Trainable parameters of a stage as optimiser groups with an lr `scale` (the tower learns slower
     in `easy` / `full`)."""
-    for p in model.parameters():
-        p.requires_grad_(stage in ("full", "easy"))
     if stage == "vision":
         groups = [{"params": list(_vision_tower(model).parameters()) + list(head.parameters()), "scale": 1.0}]
     elif stage == "projector":
@@ -216,9 +220,6 @@ def parameter_groups(model, stage: str, head: torch.nn.Module | None, config: Tr
             },
         ]
         groups = [g for g in groups if g["params"]]
-    for group in groups:
-        for p in group["params"]:
-            p.requires_grad_(True)
     return groups
 
 
@@ -242,14 +243,6 @@ def standardise_projector_input(model, batcher: Batcher, n_images: int = 16) -> 
     weight = linear.weight / std
     linear.weight.copy_(weight)
     linear.bias.copy_(linear.bias - weight @ mean)
-
-
-def learning_rate(config: TrainConfig, stage: str, step: int, total: int) -> float:
-    base = config.lr[stage]
-    if step < config.warmup:
-        return base * (step + 1) / config.warmup
-    progress = (step - config.warmup) / max(1, total - config.warmup)
-    return base * (config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
 def vision_loss(model, head, batch) -> torch.Tensor:
@@ -291,12 +284,6 @@ def object_means(hidden: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Ten
 
 
 # --- the run -----------------------------------------------------------------------------------------
-def _atomic_torch_save(obj, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 def build_model(model_name: str, config: TrainConfig):
     """-> (model, processor) to train. `organism-llava-mini` is built from organism-llava by `llava_mini`."""
     if model_name == "organism-llava":
@@ -367,106 +354,23 @@ def train(
     model, processor = build_model(model_name, config)
     model.float().train()
     scenes = D.make_split(config.seed, "train", config.n_train)
-    batcher = Batcher(processor, scenes)
-    batchers = {}  # stage -> a batcher over its own scenes, where they differ from the training split's
-    if any(stage == "easy" for stage, _ in config.stages):
-        batchers["easy"] = Batcher(
-            processor, D.make_split(config.seed, "train", config.n_train, EASY_OBJECTS)
-        )
-    vision_config = getattr(model.config, "vision_config", None)
-    grid = vision_config.image_size // vision_config.patch_size if vision_config is not None else 24
     head = None
     if any(s == "vision" for s, _ in config.stages):
         torch.manual_seed(config.seed + 1)
-        head = torch.nn.Linear(vision_config.hidden_size, sum(HEAD_SIZES))
-
-    total = sum(n for _, n in config.stages)
-    state = {"stage_index": 0, "step": 0, "elapsed_s": 0.0}
-    ckpt_path = out / CHECKPOINT
-    ckpt = torch.load(ckpt_path, weights_only=False) if ckpt_path.is_file() else None
-    if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        if head is not None and ckpt.get("head") is not None:
-            head.load_state_dict(ckpt["head"])
-        state = ckpt["state"]
-    done = sum(n for _, n in config.stages[: state["stage_index"]]) + state["step"]
-    bar = tqdm(
-        total=total, initial=done, desc=model_name, unit="step", disable=not progress, dynamic_ncols=True
+        head = torch.nn.Linear(model.config.vision_config.hidden_size, sum(HEAD_SIZES))
+    stages = organism_stages(model, processor, head, scenes, config)
+    state = run_stages(
+        model,
+        stages,
+        out,
+        config.schedule(),
+        extra_modules={"head": head} if head is not None else None,
+        stop_after=stop_after,
+        progress=progress,
+        desc=model_name,
     )
-    log = (out / "log.jsonl").open("a")
-    steps_this_run = 0
-    try:
-        for si in range(state["stage_index"], len(config.stages)):
-            stage, n_steps = config.stages[si]
-            groups = parameter_groups(model, stage, head, config)
-            params = [p for g in groups for p in g["params"]]
-            optimiser = torch.optim.AdamW(groups, lr=config.lr[stage], weight_decay=config.weight_decay)
-            start = 0
-            if ckpt is not None and si == state["stage_index"]:
-                start = state["step"]
-                if ckpt.get("optimiser") is not None:
-                    optimiser.load_state_dict(ckpt["optimiser"])
-            if stage == "projector" and start == 0:
-                standardise_projector_input(model, batcher)
-            for step in range(start, n_steps):
-                t0 = time.perf_counter()
-                rng = step_rng(config.seed, stage, step)
-                size = config.vision_batch_size if stage == "vision" else config.batch_size
-                indices = [int(i) for i in rng.choice(len(scenes), size=size, replace=False)]
-                lr = learning_rate(config, stage, step, n_steps)
-                for group in optimiser.param_groups:
-                    group["lr"] = lr * group["scale"]
-                if stage == "vision":
-                    loss = vision_loss(model, head, batcher.vision_batch(indices, grid))
-                else:
-                    loss = model(**batchers.get(stage, batcher).text_batch(indices, rng)).loss
-                optimiser.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
-                optimiser.step()
-                state = {
-                    "stage_index": si,
-                    "step": step + 1,
-                    "elapsed_s": state["elapsed_s"] + time.perf_counter() - t0,
-                }
-                log.write(
-                    json.dumps(
-                        {
-                            "stage": stage,
-                            "step": step,
-                            "loss": round(loss.item(), 5),
-                            "lr": lr,
-                            "elapsed_s": round(state["elapsed_s"], 2),
-                        }
-                    )
-                    + "\n"
-                )
-                bar.update(1)
-                bar.set_postfix(stage=stage, loss=f"{loss.item():.3f}")
-                steps_this_run += 1
-                last = step + 1 == n_steps
-                stop = stop_after is not None and steps_this_run >= stop_after
-                if last or stop or (step + 1) % config.checkpoint_every == 0:
-                    if last and si + 1 < len(config.stages):
-                        state = {"stage_index": si + 1, "step": 0, "elapsed_s": state["elapsed_s"]}
-                    log.flush()
-                    _atomic_torch_save(
-                        {
-                            "model": model.state_dict(),
-                            "head": head.state_dict() if head is not None else None,
-                            "optimiser": None if last else optimiser.state_dict(),
-                            "state": state,
-                        },
-                        ckpt_path,
-                    )
-                if stop and not (last and si + 1 == len(config.stages)):
-                    return None
-            ckpt = None
-    finally:
-        bar.close()
-        log.close()
-    for p in model.parameters():
-        p.requires_grad_(True)
+    if state is None:
+        return None
     staging = out / ".final-staging"
     shutil.rmtree(staging, ignore_errors=True)
     _save(model.eval(), processor, staging)
@@ -476,3 +380,32 @@ def train(
     shutil.copy(settings_file, staging / "train.json")
     os.replace(staging, final)
     return final
+
+
+def organism_stages(model, processor, head, scenes: list[D.Scene], config: TrainConfig) -> list[Stage]:
+    """`config.stages` as loop stages: what each trains, on which batches, with which loss."""
+    batcher = Batcher(processor, scenes)
+    batchers = {"easy": Batcher(processor, D.make_split(config.seed, "train", config.n_train, EASY_OBJECTS))}
+    vision_config = getattr(model.config, "vision_config", None)
+    grid = vision_config.image_size // vision_config.patch_size if vision_config is not None else 24
+
+    def make(stage: str, n_steps: int) -> Stage:
+        size = config.vision_batch_size if stage == "vision" else config.batch_size
+
+        def loss(rng):
+            indices = [int(i) for i in rng.choice(len(scenes), size=size, replace=False)]
+            if stage == "vision":
+                return vision_loss(model, head, batcher.vision_batch(indices, grid))
+            return model(**batchers.get(stage, batcher).text_batch(indices, rng)).loss
+
+        start = (lambda: standardise_projector_input(model, batcher)) if stage == "projector" else None
+        return Stage(
+            name=stage,
+            steps=n_steps,
+            lr=config.lr[stage],
+            groups=lambda: parameter_groups(model, stage, head, config),
+            loss=loss,
+            start=start,
+        )
+
+    return [make(stage, n) for stage, n in config.stages]
