@@ -591,6 +591,58 @@ def prune_command(model_name, dataset, limit, layer, keeps, **common) -> None:
     )
 
 
+# --- reports (issue 14): PDF from saved runs, and the paper's analyses in one command ------------------
+@cli.command("report")
+@click.argument("run_dirs", nargs=-1, type=click.Path(path_type=Path))
+@click.option("-o", "--out", type=click.Path(path_type=Path), required=True, help="PDF to write.")
+@click.option("--title", default="probe report", show_default=True, help="Title of the first page.")
+def report_command(run_dirs, out, title) -> None:
+    """A PDF of finished run directories (title page, every figure with its caption, the tables),
+    redrawn from their saved tables."""
+    from probe.report import write_report
+
+    counts = write_report(list(run_dirs), out, title=title)
+    click.echo(
+        f"wrote {out}: {counts['pages']} pages ({counts['figures']} figures, {counts['tables']} tables)"
+    )
+
+
+@cli.command("paper")
+@click.option("--model", "model_name", required=True, help="Zoo name, hub id or local directory.")
+@click.option(
+    "--out", type=click.Path(path_type=Path), required=True, help="Directory for the runs + report.pdf."
+)
+@click.option(
+    "--dataset",
+    type=click.Path(path_type=Path),
+    help="JSONL with an 'answer' per line [default: the organism's test split].",
+)
+@click.option("--samples", "n_samples", default=16, show_default=True, type=int, help="Samples per analysis.")
+@click.option("--compare", multiple=True, help="Another model for the efficiency figures; repeatable.")
+@click.option("--sweep", type=click.Path(path_type=Path), help="A `probe sweep` run directory to include.")
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--dtype", default="auto", show_default=True)
+def paper_command(model_name, out, dataset, n_samples, compare, sweep, device, dtype) -> None:
+    """Every analysis of the paper's Sections 3 and 6 that applies to MODEL, then OUT/report.pdf."""
+    from probe.paper import PaperOptions, check_paper_inputs, run_paper
+    from probe.provenance import command_line
+
+    options = PaperOptions(
+        model=model_name,
+        out=out,
+        dataset=dataset,
+        n_samples=n_samples,
+        compare=list(compare),
+        sweep=sweep,
+        device=device,
+        dtype=dtype,
+        command=command_line(),
+    )
+    check_paper_inputs(options)
+    _quiet_libraries()
+    click.echo(f"wrote {run_paper(options)}")
+
+
 def main() -> None:
     """Entry point: user errors are one line on stderr and exit code 2, never a traceback."""
     try:
