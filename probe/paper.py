@@ -2,6 +2,7 @@
 applies to one model, each run by its own job into a subdirectory, then DIR/report.pdf.
 
     attention/        Figs. 2-3 (mass, entropy; LLaVA-Mini: LLM and pre-fusion stages) + Fig. 4 grid maps
+    token-map/        Fig. 4 token x token map of the first sample
     drop/             Fig. 5: vision tokens removed window by window (LLaVA-Mini: also drop-prefusion/)
     efficiency/       Figs. 7-9, Tables 7 and 14 (FLOPs on the meta device, memory)
     compression/      Fig. 12 (LLaVA-Mini only)
@@ -29,6 +30,7 @@ class PaperOptions:
     out: Path
     dataset: Path | None = None  # default: the organism's test split (images + questions + answers)
     n_samples: int = 16
+    max_new_tokens: int = 8  # answer length of the drop runs
     compare: list[str] = field(default_factory=list)  # more models for the efficiency figures
     sweep: Path | None = None
     device: str = "cpu"
@@ -47,8 +49,8 @@ def check_paper_inputs(options: PaperOptions) -> list[Path]:
     from probe.results import check_output_dir
 
     check_output_dir(options.out)
-    if options.n_samples < 1:
-        raise ProbeError(f"--samples must be at least 1, got {options.n_samples}")
+    if options.n_samples < 1 or options.max_new_tokens < 1:
+        raise ProbeError("--samples and --max-new-tokens must be at least 1")
     if options.dataset is not None and not Path(options.dataset).is_file():
         raise ProbeError(f"--dataset {options.dataset} is not a file")
     extra = []
@@ -70,6 +72,7 @@ def run_paper(options: PaperOptions) -> Path:
     from probe.interventions.job import AblationOptions, run_ablation
     from probe.organism.data import ensure_split
     from probe.report import write_report
+    from probe.token_map import save_token_map_run
     from probe.zoo import load
 
     extra = check_paper_inputs(options)
@@ -94,6 +97,10 @@ def run_paper(options: PaperOptions) -> Path:
     )
     runs.append(out / "attention")
 
+    _step("token x token attention of the first sample")
+    save_token_map_run(loaded, samples[0], out / "token-map", command=options.command)
+    runs.append(out / "token-map")
+
     for stage in ("llm", "prefusion") if mini else ("llm",):
         n_layers = loaded.adapter.num_layers(stage)
         window = max(1, round(n_layers / 8))  # the paper's 8 windows (4 layers each on 32-layer LLaVA-v1.5)
@@ -106,7 +113,7 @@ def run_paper(options: PaperOptions) -> Path:
             samples,
             settings,
             out / name,
-            AblationOptions(command="drop", spec=spec),
+            AblationOptions(command="drop", max_new_tokens=options.max_new_tokens, spec=spec),
             progress=options.progress,
         )
         runs.append(out / name)

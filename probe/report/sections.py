@@ -165,3 +165,24 @@ def compression_pages(runs: list[Run]) -> list[Item]:
         )
         items.append(FigureItem(figure, caption))
     return items
+
+
+@register("token-map", needs=("token_map.parquet",))
+def token_map_pages(runs: list[Run]) -> list[Item]:
+    from analyses.attention_maps import plot_token_map
+
+    items: list[Item] = []
+    for label, run in zip(run_labels(runs), runs, strict=True):
+        table = pd.read_parquet(run.path / "token_map.parquet")
+        figure = plot_token_map(
+            table, title=f"{label}: token x token attention, sample {run.manifest.get('sample')}"
+        )
+        roles = ", ".join(dict.fromkeys(table["key_role"].astype(str)))
+        caption = (
+            f"Paper Fig. 4 (left): head-averaged attention probability of every query token (rows) onto every "
+            f"key token (columns) of one sample ({run.manifest.get('sample')}, {label}, eager forward) at LLM "
+            f"layers {run.manifest.get('layers')}; log colour scale over 4 decades, keys a query cannot see "
+            f"(causal mask) white; red lines are role boundaries, in order: {roles}."
+        )
+        items.append(FigureItem(figure, caption))
+    return items
