@@ -32,6 +32,7 @@ SUBSTITUTIONS = [
     ("--generate 32", "--generate 4", "speed"),
     ("--generate 16", "--generate 4", "speed"),
     ("--limit 100", "--limit 2", "speed"),
+    ("--out runs/paper ", "--out runs/paper --samples 1 --max-new-tokens 2 ", "speed"),
     (
         "--split test [--blank-image]",
         "--split test --blank-image --limit 2",
