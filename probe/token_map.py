@@ -29,7 +29,7 @@ def token_map_table(loaded: LoadedModel, sample: Sample, layers: Sequence[int] |
     """Head-averaged attention of every query onto every visible key at `layers` (default: first, last and
     two between) of the LLM stage, as a tidy table."""
     from analyses.attention_maps import pick_layers
-    from probe.engines.reference import REFERENCE
+    from probe.engines.eager import eager_attentions
 
     adapter = loaded.adapter
     adapter.validate(sample)
@@ -39,10 +39,7 @@ def token_map_table(loaded: LoadedModel, sample: Sample, layers: Sequence[int] |
     if bad:
         raise ProbeError(f"layer(s) {bad} are not in the LLM: it has layers 0..{n_layers - 1} (0-based)")
     prepared = adapter.prepare(sample)
-    inputs = {k: v.to(adapter.device) for k, v in prepared.inputs.items()}
-    with adapter.attention_implementation(REFERENCE):
-        out = adapter.forward(inputs, output_attentions=True)
-    attentions = adapter.attention_stages(out)["llm"]
+    attentions = eager_attentions(adapter, prepared)["llm"]
     roles = prepared.roles["llm"]
     labels = np.array(roles.labels + ["padding"])[roles.role_ids[0].numpy()]
     n = len(labels)

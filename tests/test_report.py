@@ -164,3 +164,22 @@ def test_a_new_run_type_is_one_registration_and_the_pdf_is_atomic(tmp_path):
         assert sorted(p.name for p in tmp_path.iterdir()) == ["r.pdf", "toy"]  # no temporary file left
     finally:
         REGISTRY.pop("toy", None)
+
+
+def test_token_map_rows_agree_with_the_native_engine(paper_dir):
+    """The saved token x token map (eager forward) against the attention run's masses, which the native
+    engine computed inside SDPA without any matrix: same sample, same teacher-forced answer."""
+    import pandas as pd
+
+    tokens = pd.read_parquet(paper_dir / "token-map" / "token_map.parquet")
+    sample = json.loads((paper_dir / "token-map" / "manifest.json").read_text())["sample"]
+    masses = pd.read_parquet(paper_dir / "attention" / "attention.parquet")
+    masses = masses[(masses["sample"] == sample) & (masses["grouping"] == "fine") & masses["head"].isna()]
+    row_sums = tokens.groupby(["layer", "query"])["weight"].sum()
+    assert np.allclose(row_sums, 1.0, atol=1e-5)  # every query's row is a distribution over visible keys
+    for layer in sorted(set(tokens["layer"])):
+        part = tokens[(tokens["layer"] == layer) & (tokens["query_role"] == "last")]
+        for src in ("image:0", "instruction", "system"):
+            from_map = part.loc[part["key_role"] == src, "weight"].sum()
+            native = masses[(masses.layer == layer) & (masses.tgt == "last") & (masses.src == src)]["mass"]
+            assert from_map == pytest.approx(float(native.iloc[0]), abs=1e-4), (layer, src)
