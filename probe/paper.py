@@ -4,7 +4,8 @@ applies to one model, each run by its own job into a subdirectory, then DIR/repo
     attention/        Figs. 2-3 (mass, entropy; LLaVA-Mini: LLM and pre-fusion stages) + Fig. 4 grid maps
     token-map/        Fig. 4 token x token map of the first sample
     drop/             Fig. 5: vision tokens removed window by window (LLaVA-Mini: also drop-prefusion/)
-    efficiency/       Figs. 7-9, Tables 7 and 14 (FLOPs on the meta device, memory)
+    efficiency/       Figs. 7-9, Tables 7 and 14 (FLOPs on the meta device, memory); a LLaVA-v1.5 model is
+                      compared with the LLaVA-Mini built on it (C = 1, N = 4), as in the paper
     compression/      Fig. 12 (LLaVA-Mini only)
     report.pdf        all of it, plus a sweep run directory when given
 
@@ -118,8 +119,14 @@ def run_paper(options: PaperOptions) -> Path:
         )
         runs.append(out / name)
 
-    _step("efficiency (FLOPs on the meta device, memory)")
-    run_efficiency(EfficiencyOptions(models=[options.model, *options.compare]), out / "efficiency")
+    if loaded.family == "llava":  # the paper's comparison: the LLaVA-Mini built on this model (C = 1, N = 4)
+        efficiency = EfficiencyOptions(
+            models=[options.model, options.model, *options.compare], queries=1, prefusion=4
+        )
+    else:
+        efficiency = EfficiencyOptions(models=[options.model, *options.compare])
+    _step(f"efficiency (FLOPs on the meta device, memory) of {', '.join(efficiency.models)}")
+    run_efficiency(efficiency, out / "efficiency")
     runs.append(out / "efficiency")
 
     if mini:
