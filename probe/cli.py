@@ -466,6 +466,7 @@ def _run_ablation(command, model_name, dataset, limit, make_settings, spec, comm
     """Read the dataset (gold answers checked), load the model, build the settings, run, report."""
     from probe.inputs import read_dataset
     from probe.interventions.job import AblationOptions, run_ablation
+    from probe.provenance import command_line
     from probe.results import check_output_dir
     from probe.zoo import load
 
@@ -486,7 +487,17 @@ def _run_ablation(command, model_name, dataset, limit, make_settings, spec, comm
         seed=common["seed"],
         spec=spec,
     )
-    results = run_ablation(loaded, samples, settings, out, options, overwrite=common["overwrite"])
+    results = run_ablation(
+        loaded,
+        samples,
+        settings,
+        out,
+        options,
+        overwrite=common["overwrite"],
+        dataset=dataset,
+        limit=limit,
+        command=command_line(),
+    )
     click.echo(
         f"wrote {len(results)} rows ({len(samples)} sample(s) x {len(settings) + 1} settings incl. baseline) to {out}/"
     )

@@ -116,6 +116,9 @@ def run_paper(options: PaperOptions) -> Path:
             out / name,
             AblationOptions(command="drop", max_new_tokens=options.max_new_tokens, spec=spec),
             progress=options.progress,
+            dataset=dataset,
+            limit=options.n_samples,
+            command=options.command,
         )
         runs.append(out / name)
 
