@@ -128,7 +128,8 @@ def run_paper(options: PaperOptions) -> Path:
         )
     else:
         efficiency = EfficiencyOptions(models=[options.model, *options.compare])
-    _step(f"efficiency (FLOPs on the meta device, memory) of {', '.join(efficiency.models)}")
+    compared = " and the LLaVA-Mini built on it" if loaded.family == "llava" else ""
+    _step(f"efficiency (FLOPs on the meta device, memory) of {loaded.name}{compared}")
     run_efficiency(efficiency, out / "efficiency")
     runs.append(out / "efficiency")
 
