@@ -266,3 +266,66 @@ def plot_run_grid(
         chosen = str(grid["sample"].iloc[0]) if sample is None else str(sample)
         kwargs["pictures"] = sample_pictures(samples, chosen)
     return plot_grid_attention(grid, sample=sample, **kwargs)
+
+
+# --- paper Fig. 4 (left): the token x token map of one sample ----------------------------------------
+def role_spans(roles: Sequence[str]) -> list[tuple[str, int, int]]:
+    """[(role, first position, last position + 1)] of consecutive runs of the same role."""
+    spans: list[tuple[str, int, int]] = []
+    for position, role in enumerate(roles):
+        if spans and spans[-1][0] == role:
+            spans[-1] = (role, spans[-1][1], position + 1)
+        else:
+            spans.append((role, position, position + 1))
+    return spans
+
+
+def token_matrix(table: pd.DataFrame, layer: int) -> tuple[np.ndarray, list[str]]:
+    """(matrix [N, N] with NaN where a key is not visible to the query, role of every position)."""
+    rows = table[table["layer"] == layer]
+    if rows.empty:
+        check_layers([layer], set(table["layer"]))
+    n = int(rows["query"].max()) + 1
+    matrix = np.full((n, n), np.nan)
+    matrix[rows["query"].to_numpy(), rows["key"].to_numpy()] = rows["weight"].to_numpy(dtype=np.float64)
+    roles = rows.drop_duplicates("key").sort_values("key")["key_role"].astype(str).tolist()
+    return matrix, roles
+
+
+def plot_token_map(
+    table: pd.DataFrame, layers: Sequence[int] | None = None, dynamic_range: float = 1e4, title: str = ""
+) -> plt.Figure:
+    """Head-averaged attention query x key of one sample, one panel per layer, one shared log colour scale
+    (spanning max / dynamic_range .. max), role boundaries drawn as lines and named on the axes."""
+    layers = sorted(set(table["layer"])) if layers is None else [int(x) for x in layers]
+    check_layers(layers, set(table["layer"]))
+    matrices = {layer: token_matrix(table, layer) for layer in layers}
+    values = np.concatenate([m[np.isfinite(m) & (m > 0)] for m, _ in matrices.values()])
+    vmax = float(values.max()) if values.size else 1.0
+    norm = LogNorm(vmin=vmax / dynamic_range, vmax=vmax)
+    cmap = plt.get_cmap("viridis").with_extremes(bad="white", under=plt.get_cmap("viridis")(0.0))
+    fig, axes = plt.subplots(
+        1, len(layers), figsize=(3.6 * len(layers) + 1.2, 4.0), squeeze=False, layout="constrained"
+    )
+    mappable = None
+    for ax, layer in zip(axes[0], layers, strict=True):
+        matrix, roles = matrices[layer]
+        # keys the query cannot see (NaN) are white; visible keys below the scale get its lowest colour
+        heat = np.ma.masked_invalid(np.clip(matrix, norm.vmin / 2, None))
+        mappable = ax.imshow(heat, cmap=cmap, norm=norm, interpolation="nearest")
+        spans = role_spans(roles)
+        for _, start, _ in spans[1:]:
+            ax.axhline(start - 0.5, color="red", lw=0.6)
+            ax.axvline(start - 0.5, color="red", lw=0.6)
+        named = [(role, start, end) for role, start, end in spans if end - start >= len(roles) / 40]
+        centres = [(start + end - 1) / 2 for _, start, end in named]  # short spans: lines only
+        names = [role for role, _, _ in named]
+        ax.set_xticks(centres, names, rotation=90, fontsize=6)
+        ax.set_yticks(centres, names, fontsize=6)
+        ax.set_title(f"layer {layer}", fontsize=9)
+        ax.set_xlabel("key (source) token", fontsize=8)
+    axes[0][0].set_ylabel("query (target) token", fontsize=8)
+    fig.colorbar(mappable, ax=axes.ravel().tolist(), shrink=0.85, label="attention weight (log scale)")
+    sample = str(table["sample"].iloc[0]) if "sample" in table.columns else ""
+    fig.suptitle(title or f"sample {sample}: token x token attention (heads averaged)", fontsize=10)
+    return fig

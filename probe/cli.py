@@ -481,6 +481,7 @@ def _run_ablation(command, model_name, dataset, limit, make_settings, spec, comm
     """Read the dataset (gold answers checked), load the model, build the settings, run, report."""
     from probe.inputs import read_dataset
     from probe.interventions.job import AblationOptions, run_ablation
+    from probe.provenance import command_line
     from probe.results import check_output_dir
     from probe.zoo import load
 
@@ -501,7 +502,17 @@ def _run_ablation(command, model_name, dataset, limit, make_settings, spec, comm
         seed=common["seed"],
         spec=spec,
     )
-    results = run_ablation(loaded, samples, settings, out, options, overwrite=common["overwrite"])
+    results = run_ablation(
+        loaded,
+        samples,
+        settings,
+        out,
+        options,
+        overwrite=common["overwrite"],
+        dataset=dataset,
+        limit=limit,
+        command=command_line(),
+    )
     click.echo(
         f"wrote {len(results)} rows ({len(samples)} sample(s) x {len(settings) + 1} settings incl. baseline) to {out}/"
     )
@@ -631,6 +642,59 @@ def sweep_command(config_path, executor, address, out) -> None:
     columns = ["cell", "vision_tokens", "accuracy", "accuracy_ci_low", "accuracy_ci_high", "blank_accuracy"]
     click.echo(table[[c for c in columns if c in table]].to_string(index=False, float_format="%.3f"))
     click.echo(f"results: {out}")
+
+# --- reports (issue 14): PDF from saved runs, and the paper's analyses in one command ------------------
+@cli.command("report")
+@click.argument("run_dirs", nargs=-1, type=click.Path(path_type=Path))
+@click.option("-o", "--out", type=click.Path(path_type=Path), required=True, help="PDF to write.")
+@click.option("--title", default="probe report", show_default=True, help="Title of the first page.")
+def report_command(run_dirs, out, title) -> None:
+    """A PDF of finished run directories (title page, every figure with its caption, the tables),
+    redrawn from their saved tables."""
+    from probe.report import write_report
+
+    counts = write_report(list(run_dirs), out, title=title)
+    click.echo(
+        f"wrote {out}: {counts['pages']} pages ({counts['figures']} figures, {counts['tables']} tables)"
+    )
+
+
+@cli.command("paper")
+@click.option("--model", "model_name", required=True, help="Zoo name, hub id or local directory.")
+@click.option(
+    "--out", type=click.Path(path_type=Path), required=True, help="Directory for the runs + report.pdf."
+)
+@click.option(
+    "--dataset",
+    type=click.Path(path_type=Path),
+    help="JSONL with an 'answer' per line [default: the organism's test split].",
+)
+@click.option("--samples", "n_samples", default=16, show_default=True, type=int, help="Samples per analysis.")
+@click.option("--max-new-tokens", default=8, show_default=True, type=int, help="Answer length (drop runs).")
+@click.option("--compare", multiple=True, help="Another model for the efficiency figures; repeatable.")
+@click.option("--sweep", type=click.Path(path_type=Path), help="A `probe sweep` run directory to include.")
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--dtype", default="auto", show_default=True)
+def paper_command(model_name, out, dataset, n_samples, max_new_tokens, compare, sweep, device, dtype) -> None:
+    """Every analysis of the paper's Sections 3 and 6 that applies to MODEL, then OUT/report.pdf."""
+    from probe.paper import PaperOptions, check_paper_inputs, run_paper
+    from probe.provenance import command_line
+
+    options = PaperOptions(
+        model=model_name,
+        out=out,
+        dataset=dataset,
+        n_samples=n_samples,
+        max_new_tokens=max_new_tokens,
+        compare=list(compare),
+        sweep=sweep,
+        device=device,
+        dtype=dtype,
+        command=command_line(),
+    )
+    check_paper_inputs(options)
+    _quiet_libraries()
+    click.echo(f"wrote {run_paper(options)}")
 
 
 def main() -> None:

@@ -33,6 +33,7 @@ SUBSTITUTIONS = [
     ("--generate 16", "--generate 4", "speed"),
     ("--limit 100", "--limit 2", "speed"),
     ("--config sweep.yaml", "--config sweep-tiny.yaml", "speed: one 2-step cell on tiny-llava, 2 questions"),
+    ("--out runs/paper ", "--out runs/paper --samples 1 --max-new-tokens 2 ", "speed"),
     (
         "--split test [--blank-image]",
         "--split test --blank-image --limit 2",

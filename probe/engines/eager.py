@@ -20,6 +20,15 @@ from probe.intermediate import LayerStats, concat_sequences, stats_from_probabil
 
 
 @torch.no_grad()
+def eager_attentions(adapter: Adapter, prepared: Prepared) -> dict[str, tuple[torch.Tensor, ...]]:
+    """{stage: per-layer attention probabilities [B, heads, N, N]} from one forward on the reference path."""
+    inputs = {k: v.to(adapter.device) for k, v in prepared.inputs.items()}
+    with adapter.attention_implementation(REFERENCE):
+        out = adapter.forward(inputs, output_attentions=True)
+    return adapter.attention_stages(out)
+
+
+@torch.no_grad()
 def run_eager(
     adapter: Adapter,
     prepared: Prepared,
@@ -28,11 +37,8 @@ def run_eager(
 ) -> list[LayerStats]:
     """`grid_queries`: LLM query positions whose head-averaged rows are read on the image grids
     (`LayerStats.grid_rows`, as the native engine returns them)."""
-    inputs = {k: v.to(adapter.device) for k, v in prepared.inputs.items()}
-    with adapter.attention_implementation(REFERENCE):
-        out = adapter.forward(inputs, output_attentions=True)
     results: list[LayerStats] = []
-    for stage, attentions in adapter.attention_stages(out).items():
+    for stage, attentions in eager_attentions(adapter, prepared).items():
         if len(attentions) != adapter.num_layers(stage):
             raise ProbeError(
                 f"the {stage} stage reported attention probabilities for {len(attentions)} of "

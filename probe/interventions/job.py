@@ -34,8 +34,9 @@ from probe.interventions.metrics import (
     summarise,
 )
 from probe.interventions.run import Outcome, run_sample
+from probe.provenance import run_provenance
 from probe.results import atomic_write, versions, write_json, write_table
-from probe.zoo import LoadedModel
+from probe.zoo import LoadedModel, probe_home
 
 
 @dataclass
@@ -173,7 +174,11 @@ def run_ablation(
     options: AblationOptions,
     overwrite: bool = False,
     progress: bool = True,
+    dataset: Path | None = None,
+    limit: int | None = None,
+    command: str | None = None,
 ) -> pd.DataFrame:
+    """`dataset`, `limit` and `command` (the command line) are recorded in the manifest's provenance."""
     check_settings(loaded, samples, settings)
     out_dir = Path(out_dir)
     fresh = not out_dir.exists()
@@ -191,6 +196,9 @@ def run_ablation(
         raise
     results = pd.concat(
         [pd.read_parquet(parts / f"{k:07d}.parquet") for k in range(len(samples))], ignore_index=True
+    )
+    manifest["provenance"] = run_provenance(
+        loaded.source, loaded.revision, probe_home(), dataset=dataset, limit=limit, command=command
     )
     finish(out_dir, results, manifest, options)  # .parts stays: a longer --limit computes only new samples
     return results
