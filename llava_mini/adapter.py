@@ -18,13 +18,10 @@ from __future__ import annotations
 import torch
 
 from probe.adapters.base import Adapter, Prepared, common_prefix_length
-from probe.adapters.llava import prompt_to_content
 from probe.errors import ProbeError
 from probe.inputs import IMAGE_SLOT, Sample
 from probe.roles import ImageGrid, StageRoles, spans_to_role_ids, text_labels, text_spans
 from probe.video import is_video_source, load_video_frames
-
-_SENTINEL = "\u2063PROBE_USER_CONTENT\u2063"
 
 
 class LlavaMiniAdapter(Adapter):
@@ -39,10 +36,7 @@ class LlavaMiniAdapter(Adapter):
         self.per_frame = self.config.compressor_size**2
         self.max_frames: int | None = None
 
-    # --- inputs -------------------------------------------------------------------------------------
-    def render(self, prompt: str) -> str:
-        return self.processor.apply_chat_template([{"role": "user", "content": prompt_to_content(prompt)}])
-
+    # --- inputs (the prompt is rendered by `Adapter.render`, see probe.templates) ----------------------
     takes_video = True
 
     def validate(self, sample: Sample) -> None:
@@ -68,10 +62,8 @@ class LlavaMiniAdapter(Adapter):
         return sample.load_images(), False
 
     def system_prefix_length(self, ids: list[int]) -> int:
-        rendered = self.render(_SENTINEL)
-        cut = rendered.find(_SENTINEL)
-        prefix = self.processor.tokenize(rendered[:cut], []) if cut > 0 else []
-        return common_prefix_length(prefix, ids)
+        prefix = self.text_before_user_content()
+        return common_prefix_length(self.processor.tokenize(prefix, []) if prefix else [], ids)
 
     def encode_response(self, response: str) -> list[int]:
         """The response as the model writes it after its prompt: a template ending in a separator word

@@ -287,6 +287,10 @@ class LlavaMiniModel(LlavaMiniPreTrainedModel):
 
         Masked tokens are invisible as keys and do not count in the position ids (running count of valid
         tokens), exactly as if they were absent. No final norm.
+
+        The pre-fusion layers number themselves 0..N-1 (`layer_idx`), as the LLM's layers do: a KV cache
+        indexed by layer would mix the two stacks, so they run without one (they see every token at once,
+        and decoding steps reuse the fused text from the LLM's cache, as in the release).
         """
         position_ids = (keep.long().cumsum(-1) - 1).clamp(min=0)
         mask = create_causal_mask(
@@ -304,6 +308,8 @@ class LlavaMiniModel(LlavaMiniPreTrainedModel):
                     attention_mask=mask,
                     position_ids=position_ids,
                     position_embeddings=position_embeddings,
+                    use_cache=False,
+                    **cache_kwargs(None),  # never the LLM's cache: the layer indices overlap
                 )
         return hidden, tuple(records)
 

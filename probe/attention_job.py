@@ -185,6 +185,7 @@ def manifest_for(loaded: LoadedModel, options: AttentionOptions, samples: list[S
         "device": str(loaded.adapter.device),
         "dtype": str(next(loaded.model.parameters()).dtype).removeprefix("torch."),
         "attn_implementation": loaded.adapter.current_attention(),
+        **loaded.adapter.template.manifest_entries(),
         "options": {
             "backend": options.backend,
             "per_head": options.per_head,
@@ -221,9 +222,10 @@ def _fingerprint(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-# What must match for finished samples to be reused: the model, the options and the dtype. The samples
-# themselves are matched one by one (fingerprint per sample), so a longer --limit extends a run.
-RUN_SETTINGS = ("model", "options", "dtype")
+# What must match for finished samples to be reused: the model, the options, the dtype and the prompt's
+# template. The samples themselves are matched one by one (fingerprint per sample), so a longer --limit
+# extends a run.
+RUN_SETTINGS = ("model", "options", "dtype", "template")
 SETTINGS_FILE = "settings.json"
 RUN_OUTPUTS = (
     "manifest.json",

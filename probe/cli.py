@@ -23,6 +23,15 @@ def cli() -> None:
 
 ATTENTION_CHOICES = ["sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention"]
 
+TEMPLATE_OPTION = click.option(
+    "--template",
+    "template_spec",
+    metavar="model|llava_v1|FILE",
+    help="The conversation the prompt is rendered in: llava_v1 (LLaVA-v1.5's own, with its system prompt; "
+    "the default for LLaVA-v1.5), model (the model's chat template; the default for LLaVA-NeXT, LLaVA-Mini "
+    "and probe's built-in models) or a Jinja chat template file.",
+)
+
 
 def _quiet_libraries() -> None:
     """Our own progress bars are the ones that matter: hide transformers' weight-loading bar."""
@@ -101,6 +110,7 @@ def _default_out(model: str, command: str = "attention") -> Path:
     type=click.Choice(ATTENTION_CHOICES),
     help="The language model's attention implementation [default: sdpa]; native statistics run inside it.",
 )
+@TEMPLATE_OPTION
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option(
     "--executor",
@@ -127,6 +137,7 @@ def attention_command(
     device,
     dtype,
     attn,
+    template_spec,
     seed,
     executor,
     address,
@@ -140,9 +151,11 @@ def attention_command(
     from probe.inputs import make_sample, read_dataset
     from probe.provenance import command_line
     from probe.results import check_output_dir
+    from probe.templates import parse_template
     from probe.zoo import load
 
     out = check_output_dir(out or _default_out(model_name))
+    template = parse_template(template_spec)
     if response and generate:
         raise ProbeError("use either --response or --generate, not both")
     if response_from and dataset is None:
@@ -172,7 +185,7 @@ def attention_command(
     )
     check_grid_options(options, samples)  # before the model loads
     _quiet_libraries()
-    loaded = load(model_name, device=device, dtype=dtype, attn=attn)
+    loaded = load(model_name, device=device, dtype=dtype, attn=attn, template=template)
     table = run_attention(
         loaded,
         samples,
@@ -470,6 +483,7 @@ def _ablation_options(command):
             click.option(
                 "--attn", type=click.Choice(ATTENTION_CHOICES), help="LLM attention [default: sdpa]."
             ),
+            TEMPLATE_OPTION,
             click.option("--seed", default=0, show_default=True, type=int, help="Seed of the bootstrap."),
         ]
     ):
@@ -483,9 +497,11 @@ def _run_ablation(command, model_name, dataset, limit, make_settings, spec, comm
     from probe.interventions.job import AblationOptions, run_ablation
     from probe.provenance import command_line
     from probe.results import check_output_dir
+    from probe.templates import parse_template
     from probe.zoo import load
 
     out = check_output_dir(common["out"] or _default_out(model_name, command))
+    template = parse_template(common["template_spec"])
     samples = read_dataset(dataset)[:limit]
     missing = [s.sample_id for s in samples if not (s.answer or "").strip()]
     if missing:
@@ -493,7 +509,13 @@ def _run_ablation(command, model_name, dataset, limit, make_settings, spec, comm
             f"{dataset} has no gold 'answer' for sample '{missing[0]}': the {command} metrics need one per sample"
         )
     _quiet_libraries()
-    loaded = load(model_name, device=common["device"], dtype=common["dtype"], attn=common["attn"])
+    loaded = load(
+        model_name,
+        device=common["device"],
+        dtype=common["dtype"],
+        attn=common["attn"],
+        template=template,
+    )
     settings = make_settings(loaded.adapter)
     options = AblationOptions(
         command=command,
@@ -642,6 +664,7 @@ def sweep_command(config_path, executor, address, out) -> None:
     columns = ["cell", "vision_tokens", "accuracy", "accuracy_ci_low", "accuracy_ci_high", "blank_accuracy"]
     click.echo(table[[c for c in columns if c in table]].to_string(index=False, float_format="%.3f"))
     click.echo(f"results: {out}")
+
 
 # --- reports (issue 14): PDF from saved runs, and the paper's analyses in one command ------------------
 @cli.command("report")

@@ -98,6 +98,13 @@ def grid_rows_from_probabilities(
     return out
 
 
+def visibility_from_mask(allowed: torch.Tensor, roles: StageRoles) -> torch.Tensor:
+    """[B, N, R] bool: query i can see at least one key of role r under `allowed` [B|1, 1|H, N, N] (the
+    mask the forward used); padding queries see nothing."""
+    seen = torch.matmul(allowed.any(1).float().cpu(), roles.onehot(torch.float32)) > 0
+    return seen & (roles.role_ids >= 0).unsqueeze(-1)
+
+
 def stats_from_probabilities(
     stage: str,
     layer: int,
@@ -105,10 +112,13 @@ def stats_from_probabilities(
     roles: StageRoles,
     per_head: bool = False,
     grid_queries: Sequence[int] | None = None,
+    allowed: torch.Tensor | None = None,
 ) -> LayerStats:
     """LayerStats from a full attention tensor [B, H, N, N] (eager, nnsight and TransformerLens paths).
 
     `grid_queries`: absolute query positions whose head-averaged rows are also read on the image grids.
+    `allowed`: the forward's mask as [B|1, 1|H, N, N] bool, where visibility is read; without it (a path
+    whose mask probe cannot see) the roles under a causal mask.
     """
     onehot = roles.onehot(torch.float64)  # [B, N, R]
     mean_probs = probs.double().mean(dim=1)  # heads averaged first: the paper's a_ij
@@ -124,7 +134,7 @@ def stats_from_probabilities(
         layer=layer,
         mass=mass,
         entropy=entropy,
-        visible=roles.causal_visibility(),
+        visible=roles.causal_visibility() if allowed is None else visibility_from_mask(allowed, roles),
         head_mass=head_mass,
         head_entropy=head_entropy,
         grid_rows=grid_rows,

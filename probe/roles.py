@@ -85,9 +85,11 @@ class StageRoles:
         )
 
     def causal_visibility(self) -> torch.Tensor:
-        """[B, N, R] bool: can query i attend to at least one key of role r under a causal mask.
+        """[B, N, R] bool: can query i attend to at least one key of role r under a plain causal mask.
 
-        Derived from the mask, not from "mass > 0", which underflow can fake.
+        Not from "mass > 0", which underflow can fake. Engines that see the forward's own mask read
+        visibility there (`probe.intermediate.visibility_from_mask`); this is for those that cannot
+        (TransformerLens builds its own causal mask).
         """
         seen = self.onehot(torch.int32).cumsum(dim=1) > 0
         return seen & (self.role_ids >= 0).unsqueeze(-1)

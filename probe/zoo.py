@@ -318,13 +318,22 @@ def parse_device(device: str) -> torch.device:
 
 
 def load(
-    name_or_path: str, device: str = "auto", dtype: str = "auto", attn: str | None = None
+    name_or_path: str,
+    device: str = "auto",
+    dtype: str = "auto",
+    attn: str | None = None,
+    template: str | None = None,
 ) -> LoadedModel:
     """Load a zoo name, hub id or local directory, ready to probe.
 
     Weights go straight to `device` (a 13B fits a host with less RAM than its weights). `attn` sets the
     language model's attention implementation (default: SDPA); the vision tower keeps its own.
+    `template`: the conversation prompts are rendered in, 'model', 'llava_v1' or a template file (default:
+    the family's, see probe.templates); change it later with `loaded.adapter.use_template(...)`.
     """
+    from probe.templates import parse_template
+
+    template = parse_template(template)  # a bad name or file fails before the weights load
     source, family, spec, local_only = resolve(name_or_path)
     torch_device = parse_device(device)
     torch_dtype = parse_dtype(dtype, torch_device)
@@ -344,6 +353,7 @@ def load(
         ) from None
     model = model.to(torch_device).eval()
     adapter = family_impl.adapter(model, processor)
+    adapter.use_template(template, name_or_path)
     if attn is not None:
         set_attention_implementation(adapter, attn)
     revision = getattr(model.config, "_commit_hash", None)

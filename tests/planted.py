@@ -1,7 +1,9 @@
 """A tiny LLaVA whose attention looks like a trained 7B's: peaked rows and a sink on the first token.
 
 Random tiny models attend almost uniformly (largest head-averaged probability ~1.1x uniform at 600
-tokens), where a wrong mask, a dropped scale or bf16 rounding barely moves a mass. Here, in every LLM
+tokens), where a wrong mask, a dropped scale or bf16 rounding barely moves a mass. Every weight is first
+drawn from a generator seeded by the parameter's name (`seeded_weights`), so the structure is the same
+whatever initialisation the installed transformers release gives `tiny-llava`; then, in every LLM
 layer:
 - q_proj and k_proj are scaled so that logits have the spread of a real model (rows peaked);
 - every token carries a constant feature (embedding column 1 for text, the projector's output bias for
@@ -12,13 +14,29 @@ layer:
 
 from __future__ import annotations
 
+import zlib
+
 import torch
 
 import probe
 
 
 @torch.no_grad()
-def plant_attention_structure(model: torch.nn.Module, qk_scale: float = 10.0, sink: float = 0.25) -> None:
+def seeded_weights(model: torch.nn.Module, seed: int = 0, std: float = 0.02) -> None:
+    """Overwrite every parameter independently of transformers' init: matrices ~ N(0, std^2) from a
+    generator seeded by (seed, parameter name), vectors = 1 (norm scales) and biases = 0."""
+    for name, param in model.named_parameters():
+        if name.endswith("bias"):
+            param.zero_()
+        elif param.dim() == 1:
+            param.fill_(1.0)
+        else:
+            generator = torch.Generator().manual_seed(seed * 2**32 + zlib.crc32(name.encode()))
+            param.copy_(torch.randn(param.shape, generator=generator, dtype=torch.float32) * std)
+
+
+@torch.no_grad()
+def plant_attention_structure(model: torch.nn.Module, qk_scale: float = 12.0, sink: float = 0.4) -> None:
     """Edit a `LlavaForConditionalGeneration` in place (see the module docstring)."""
     text = model.config.text_config
     lm = model.model.language_model
@@ -43,6 +61,7 @@ def plant_attention_structure(model: torch.nn.Module, qk_scale: float = 10.0, si
 def load_planted(dtype: str = "float32"):
     """A fresh `tiny-llava` (its own copy, loaded through the user's path) with planted structure."""
     loaded = probe.load("tiny-llava", device="cpu", dtype="float32")
+    seeded_weights(loaded.model)
     plant_attention_structure(loaded.model)
     if dtype != "float32":
         loaded.model.to(getattr(torch, dtype))

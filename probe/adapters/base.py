@@ -15,7 +15,11 @@ import torch
 
 from probe.inputs import Sample
 from probe.roles import StageRoles
+from probe.templates import ChatTemplate, resolve_template
 from probe.video import is_video_source, video_given_to_still_model
+
+# Stands for the user's content when a template is rendered to find where that content starts.
+USER_CONTENT_SENTINEL = "\u2063PROBE_USER_CONTENT\u2063"
 
 
 def common_prefix_length(a: list[int], b: list[int]) -> int:
@@ -51,8 +55,36 @@ class Adapter(ABC):
     def __init__(self, model: torch.nn.Module, processor) -> None:
         self.model = model
         self.processor = processor
+        self._template: ChatTemplate | None = None
 
     takes_video: bool = False
+
+    # --- the prompt's conversation (probe.templates) ------------------------------------------------
+    def own_chat_template(self) -> str | None:
+        """The chat template shipped with the model (its processor's, else its tokenizer's)."""
+        own = getattr(self.processor, "chat_template", None)
+        return own or getattr(getattr(self.processor, "tokenizer", None), "chat_template", None) or None
+
+    def use_template(self, spec: str | ChatTemplate | None, model_name: str = "this model") -> None:
+        """Render prompts with `spec`: 'model', 'llava_v1', a template file or None (the family's default)."""
+        self._template = resolve_template(spec, self.family, self.own_chat_template(), model_name)
+
+    @property
+    def template(self) -> ChatTemplate:
+        if self._template is None:
+            self.use_template(None)
+        return self._template
+
+    def render(self, prompt: str) -> str:
+        """The prompt (with `<image>` slots) as the model reads it, up to the start of the answer."""
+        return self.template.render(self.processor.tokenizer, prompt)
+
+    def text_before_user_content(self) -> str | None:
+        """What the template puts before the user's content (BOS text, system prompt, 'USER:'), or None
+        when the template does not keep the content in one piece."""
+        rendered = self.render(USER_CONTENT_SENTINEL)
+        cut = rendered.find(USER_CONTENT_SENTINEL)
+        return rendered[:cut] if cut >= 0 else None
 
     def validate(self, sample: Sample) -> None:
         """Model-specific checks that need no forward pass, run on every sample before any file is written."""

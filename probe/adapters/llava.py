@@ -10,23 +10,9 @@ from __future__ import annotations
 import torch
 
 from probe.adapters.base import Adapter, Prepared, common_prefix_length
-from probe.builtin.tokenizer import LLAVA_V15_CHAT_TEMPLATE
 from probe.errors import ProbeError
-from probe.inputs import IMAGE_SLOT, Sample
+from probe.inputs import Sample
 from probe.roles import ImageGrid, StageRoles, spans_to_role_ids, text_labels, text_spans
-
-_SENTINEL = "\u2063PROBE_USER_CONTENT\u2063"
-
-
-def prompt_to_content(prompt: str) -> list[dict]:
-    """'<image> What is it?' -> transformers' multimodal message content parts."""
-    parts: list[dict] = []
-    for k, text in enumerate(prompt.split(IMAGE_SLOT)):
-        if k > 0:
-            parts.append({"type": "image"})
-        if text.strip():
-            parts.append({"type": "text", "text": text.strip()})
-    return parts
 
 
 def contiguous_runs(positions: list[int]) -> list[tuple[int, int]]:
@@ -49,22 +35,15 @@ class LlavaAdapter(Adapter):
         self.image_token_id = int(model.config.image_token_id)
         vision = model.config.vision_config
         self.grid_side = vision.image_size // vision.patch_size
-        self.chat_template = getattr(processor, "chat_template", None) or LLAVA_V15_CHAT_TEMPLATE
 
-    # --- prompt and roles -------------------------------------------------------------------------
-    def render(self, prompt: str) -> str:
-        messages = [{"role": "user", "content": prompt_to_content(prompt)}]
-        return self.processor.apply_chat_template(
-            messages, chat_template=self.chat_template, add_generation_prompt=True, tokenize=False
-        )
-
+    # --- prompt and roles (the prompt is rendered by `Adapter.render`, see probe.templates) ------------
     def system_prefix_length(self, input_ids: list[int]) -> int:
-        """Tokens the template puts before the user's content (BOS, system prompt, 'USER:')."""
-        rendered = self.render(_SENTINEL)
-        cut = rendered.find(_SENTINEL)
-        if cut < 0:
+        """Tokens the template puts before the user's content (BOS, system prompt, 'USER:'); the space
+        that ends it belongs to the user's turn, so the system role ends at 'USER:'."""
+        prefix = self.text_before_user_content()
+        if prefix is None:
             return 0
-        prefix_ids = self.tokenizer(rendered[:cut].rstrip(), add_special_tokens=True).input_ids
+        prefix_ids = self.tokenizer(prefix.rstrip(), add_special_tokens=True).input_ids
         return common_prefix_length(prefix_ids, input_ids)
 
     def tokens_per_image(self, images, positions: list[int]) -> list[int]:

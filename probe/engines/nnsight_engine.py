@@ -1,7 +1,8 @@
 """nnsight engine: trace the model with `nnsight.NNsight` and read the attention weights of every probed layer
 (the LLM; LLaVA-Mini's pre-fusion layers too, in the order the forward runs them).
 
-The language model runs with the reference attention (eager's output, fp32 probabilities); the
+The language model runs with the reference attention (eager's output, fp32 probabilities, the mask each
+layer was handed for visibility); the
 `attn_weights` output of every text layer's attention module is turned into `LayerStats` inside the
 trace, one layer at a time, so only one layer's [B, H, N, N] probabilities are alive at once.
 nnsight wraps the model without replacing its modules, so the same loaded model serves every backend.
@@ -13,7 +14,7 @@ import torch
 
 from probe.adapters.base import Adapter, Prepared
 from probe.engines import grid_unsupported, register_engine
-from probe.engines.reference import REFERENCE
+from probe.engines.reference import REFERENCE, recording_visibility
 from probe.errors import ProbeError
 from probe.intermediate import LayerStats, concat_sequences, stats_from_probabilities
 
@@ -49,20 +50,24 @@ def run_nnsight(
         )
     # every probed stage (LLaVA-Mini: pre-fusion too), read in the order the forward runs its layers
     layers = [
-        (stage, layer, _module_path(adapter.model, module))
+        (stage, layer, module, _module_path(adapter.model, module))
         for stage in adapter.forward_order
         for layer, module in enumerate(adapter.attention_modules(stage))
     ]
     inputs = {k: v.to(adapter.device) for k, v in prepared.inputs.items()}
     traced = NNsight(adapter.model)
     stats: list[LayerStats] = []
-    with adapter.attention_implementation(REFERENCE), traced.trace(**inputs):
-        for stage, layer, path in layers:
+    with (
+        adapter.attention_implementation(REFERENCE),
+        recording_visibility() as masks,
+        traced.trace(**inputs),
+    ):
+        for stage, layer, module, path in layers:
             weights = _envoy(traced, path).output[1]
             per_sequence = prepared.sequence_roles.get(stage)
             roles = per_sequence if per_sequence is not None else prepared.roles[stage]
-            layer_stats = stats_from_probabilities(
-                stage, layer, weights.float().cpu(), roles, per_head=per_head
+            layer_stats = stats_from_probabilities(  # visibility from the mask the layer was handed
+                stage, layer, weights.float().cpu(), roles, per_head=per_head, allowed=masks.by_module[module]
             )
             stats.append(concat_sequences(layer_stats) if per_sequence is not None else layer_stats)
     if len(stats) != len(layers):

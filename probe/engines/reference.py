@@ -6,9 +6,17 @@ so a reference read from `output_attentions` is only a reference in fp32. The en
 probabilities from the forward (eager, nnsight) route the language model through this function
 instead: the forward's output is eager's own, unchanged, and the probabilities it returns are the
 fp32 softmax of the fp32 scores of the same query and key, with the mask the model built.
+
+Which keys a query can see is read from that same mask (`recording_visibility`), as the native engine
+reads it from the mask it is handed: never re-derived from the roles, so a padding, fusion or
+intervention mask is honoured in every engine alike.
 """
 
 from __future__ import annotations
+
+import contextvars
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 from transformers import AttentionInterface
@@ -18,6 +26,55 @@ from transformers.models.llama.modeling_llama import eager_attention_forward
 from probe.precision import full_fp32_matmul
 
 REFERENCE = "probe_reference"
+
+# The record of the forward being recorded (`recording_visibility`), if any.
+_VISIBILITY: contextvars.ContextVar = contextvars.ContextVar("probe_visibility", default=None)
+
+
+def allowed_edges(mask, n_queries: int, n_keys: int, causal: bool, device) -> torch.Tensor:
+    """[B|1, 1|H, Nq, Nk] bool: what the mask the model passed lets each query see."""
+    if mask is not None and mask.dim() == 4:
+        rows = mask[..., -n_queries:, :n_keys]
+        return rows if rows.dtype == torch.bool else rows > torch.finfo(rows.dtype).min / 2
+    keys = torch.arange(n_keys, device=device)
+    queries = torch.arange(n_keys - n_queries, n_keys, device=device)
+    allowed = keys[None, :] <= queries[:, None] if causal else torch.ones(n_queries, n_keys, dtype=torch.bool)
+    allowed = allowed.to(device)[None, None]
+    if mask is not None:  # flash-style [B, Nk] padding mask, 1 = keep
+        allowed = allowed & mask[:, None, None, -n_keys:].bool()
+    return allowed
+
+
+class VisibilityRecord:
+    """What each attention module's mask let its queries see in the recorded forward(s). Layers that share
+    one mask tensor share one bool tensor: the mask is evaluated once, not once per layer."""
+
+    def __init__(self) -> None:
+        self.by_module: dict[torch.nn.Module, torch.Tensor] = {}
+        self._by_mask: dict[tuple, tuple] = {}
+
+    def add(self, module, query: torch.Tensor, key: torch.Tensor, attention_mask) -> None:
+        n_q, n_k = query.shape[2], key.shape[2]
+        causal = getattr(module, "is_causal", True)
+        slot = (id(attention_mask), n_q, n_k, causal)
+        if slot not in self._by_mask:  # the mask is kept with its entry, so its id cannot be reused
+            self._by_mask[slot] = (
+                attention_mask,
+                allowed_edges(attention_mask, n_q, n_k, causal, query.device),
+            )
+        self.by_module[module] = self._by_mask[slot][1]
+
+
+@contextmanager
+def recording_visibility() -> Iterator[VisibilityRecord]:
+    """Record, for the reference forwards run inside the block, what every attention module's mask allows."""
+    record = VisibilityRecord()
+    token = _VISIBILITY.set(record)
+    try:
+        yield record
+    finally:
+        _VISIBILITY.reset(token)
+        record._by_mask.clear()
 
 
 def reference_probabilities(
@@ -41,6 +98,9 @@ def reference_attention_forward(
     module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs
 ):
     scaling = scaling if scaling is not None else query.shape[-1] ** -0.5
+    record = _VISIBILITY.get()
+    if record is not None:
+        record.add(module, query, key, attention_mask)
     output, _ = eager_attention_forward(
         module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs
     )

@@ -29,6 +29,7 @@ from transformers.models.llama.modeling_llama import eager_attention_forward
 
 from llava_mini.compat import cache_of
 from probe.adapters.base import Adapter
+from probe.engines.reference import allowed_edges
 from probe.engines.streaming import StreamingContext, collecting, fronted, instrumented_attention
 from probe.errors import ProbeError
 from probe.intermediate import LayerStats, concat_sequences
@@ -38,20 +39,6 @@ from probe.interventions.base import Intervention, Tokens
 EAGER_REFERENCE = "probe_intervened_eager"
 AttentionInterface.register(EAGER_REFERENCE, fronted(eager_attention_forward))
 AttentionMaskInterface.register(EAGER_REFERENCE, eager_mask)
-
-
-def allowed_edges(mask, n_queries: int, n_keys: int, causal: bool, device) -> torch.Tensor:
-    """[B|1, 1|H, Nq, Nk] bool: what the mask the model passed lets each query see."""
-    if mask is not None and mask.dim() == 4:
-        rows = mask[..., -n_queries:, :n_keys]
-        return rows if rows.dtype == torch.bool else rows > torch.finfo(rows.dtype).min / 2
-    keys = torch.arange(n_keys, device=device)
-    queries = torch.arange(n_keys - n_queries, n_keys, device=device)
-    allowed = keys[None, :] <= queries[:, None] if causal else torch.ones(n_queries, n_keys, dtype=torch.bool)
-    allowed = allowed.to(device)[None, None]
-    if mask is not None:  # flash-style [B, Nk] padding mask, 1 = keep
-        allowed = allowed & mask[:, None, None, -n_keys:].bool()
-    return allowed
 
 
 def as_mask(allowed: torch.Tensor, reference: bool, dtype: torch.dtype) -> torch.Tensor:

@@ -50,7 +50,7 @@ class AblationOptions:
 
 def answer_ids(adapter, sample: Sample) -> list[int]:
     """The gold answer as the model would produce it after the prompt (a space after 'ASSISTANT:')."""
-    rendered = adapter.render(sample.prompt) if hasattr(adapter, "render") else ""
+    rendered = adapter.render(sample.prompt)
     answer = sample.answer.strip()
     return adapter.encode_response(answer if rendered[-1:].isspace() else " " + answer)
 
@@ -125,6 +125,7 @@ def manifest_for(loaded: LoadedModel, samples, settings, options: AblationOption
         },
         "device": str(loaded.adapter.device),
         "dtype": str(next(loaded.model.parameters()).dtype),
+        **loaded.adapter.template.manifest_entries(),
         "options": {
             "max_new_tokens": options.max_new_tokens,
             "only_correct": options.only_correct,
