@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,10 +28,10 @@ from probe.errors import ProbeError
 from probe.inputs import Sample
 from probe.interventions.base import Baseline, Intervention
 from probe.interventions.metrics import (
-    SCORING,
     is_correct,
     kl_divergence,
     relative_change_pct,
+    scoring_description,
     summarise,
 )
 from probe.interventions.run import Outcome, run_sample
@@ -45,6 +46,7 @@ class AblationOptions:
     only_correct: bool = False  # summary over the samples the baseline answers right
     seed: int = 0  # bootstrap
     spec: dict = field(default_factory=dict)  # the command's own options, for the manifest
+    dataset: dict = field(default_factory=dict)  # where the samples came from (path, format, options)
 
 
 def answer_ids(adapter, sample: Sample) -> list[int]:
@@ -100,7 +102,8 @@ def sample_rows(loaded: LoadedModel, sample: Sample, settings: list[Intervention
                 **setting.columns(),
                 "answer": sample.answer,
                 "generated": text.strip(),
-                "correct": is_correct(text, sample.answer),
+                "scoring": sample.scoring,
+                "correct": is_correct(text, sample.answer, sample.choices),
                 "gold_logprob": outcome.gold_logprob,
                 "first_gold_prob": p_first,
                 "first_gold_rel_change_pct": relative_change_pct(p_first, p_base),
@@ -114,6 +117,7 @@ def sample_rows(loaded: LoadedModel, sample: Sample, settings: list[Intervention
 
 
 def manifest_for(loaded: LoadedModel, samples, settings, options: AblationOptions) -> dict:
+    scoring = scoring_description([s.scoring for s in samples])
     return {
         "command": options.command,
         "model": {
@@ -130,14 +134,16 @@ def manifest_for(loaded: LoadedModel, samples, settings, options: AblationOption
             "seed": options.seed,
             **options.spec,
         },
+        "dataset": options.dataset,
         "settings": [s.columns() for s in with_baseline(settings)],
         "n_samples": len(samples),
         "samples_fingerprint": _fingerprint(
             [(s.sample_id, s.prompt, s.image_sources, s.answer) for s in samples]
         ),
-        "scoring": SCORING,
+        "scoring": scoring,
+        "scoring_per_sample": dict(Counter(s.scoring for s in samples)),
         "metrics": {
-            "correct": "generated answer (greedy, KV cache) == gold, " + SCORING,
+            "correct": "generated answer (greedy, KV cache) == gold, " + scoring,
             "gold_logprob": "sum of log p(gold answer token | prefix), teacher-forced, nats",
             "first_gold_prob": "p(first gold answer token | prompt)",
             "first_gold_rel_change_pct": "(p - p_baseline) / p_baseline x 100, same sample",
@@ -197,7 +203,7 @@ def run_ablation(
 
 
 def setting_keys(results: pd.DataFrame) -> list[str]:
-    ignore = {"model", "sample", "answer", "generated", "baseline_correct"}
+    ignore = {"model", "sample", "answer", "generated", "baseline_correct", "scoring"}
     metrics = {"correct", "gold_logprob", "first_gold_prob", "first_gold_rel_change_pct", "kl_first_token"}
     return [c for c in results.columns if c not in ignore | metrics | {"tokens_processed"}]
 
