@@ -90,7 +90,16 @@ def sample_rows(loaded: LoadedModel, sample: Sample, settings: list[Intervention
     rows = []
     base: Outcome | None = None
     for setting in with_baseline(settings):
-        outcome = run_sample(adapter, sample, setting, gold, options.max_new_tokens)
+        # the baseline's prompt cache is reused by every setting that leaves a prefix of the prompt unchanged
+        outcome = run_sample(
+            adapter,
+            sample,
+            setting,
+            gold,
+            options.max_new_tokens,
+            baseline_cache=base.prompt_cache if base else None,
+            keep_cache=base is None,
+        )
         base = base or outcome
         text = tokenizer.decode(outcome.generated, skip_special_tokens=True)
         p_first = float(outcome.first_logprobs[gold[0]].exp())
