@@ -2,7 +2,7 @@
 
     python benchmarks/intervention_overhead.py                    # narrow 8-layer model, ~600 and ~2000 tokens
     python benchmarks/intervention_overhead.py --shape 7b-layers --lengths 600
-    python benchmarks/intervention_overhead.py --layers 32 --lengths 600   # baseline + 8 drop windows
+    python benchmarks/intervention_overhead.py --layers 32 --lengths 600 --methods drop-full,drop-reuse
 
 Model and inputs are `attention_overhead.build`'s (a seeded random LLaVA with LLaVA-v1.5's token layout).
 Methods, timed interleaved in one process (minimum of --repeats warm runs):
@@ -28,7 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
-def measure(adapter, prepared, repeats: int, device: str) -> dict[str, float]:
+def measure(adapter, prepared, repeats: int, device: str, only: list[str] | None = None) -> dict[str, float]:
     """Minimum warm time of every method, timed interleaved."""
     import torch
 
@@ -60,6 +60,7 @@ def measure(adapter, prepared, repeats: int, device: str) -> dict[str, float]:
         "drop-full": lambda: drop_windows(reuse=False),
         "drop-reuse": lambda: drop_windows(reuse=True),
     }
+    methods = {name: fn for name, fn in methods.items() if name == "plain" or not only or name in only}
     times: dict[str, list[float]] = {name: [] for name in methods}
     for fn in methods.values():
         fn()  # warm-up
@@ -84,10 +85,12 @@ def main() -> None:
     parser.add_argument("--lengths", default="600,2000")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--methods", help="comma list of methods to time (plain is always timed)")
     args = parser.parse_args()
     for length in [int(x) for x in args.lengths.split(",")]:
         adapter, prepared = build(length, args.device, shape=args.shape, layers=args.layers)
-        times = measure(adapter, prepared, args.repeats, args.device)
+        only = args.methods.split(",") if args.methods else None
+        times = measure(adapter, prepared, args.repeats, args.device, only)
         n = int(prepared.inputs["input_ids"].shape[-1])
         print(
             f"{args.shape}, {adapter.num_layers()} layers, {n} tokens, {args.device} (min of {args.repeats}; "
