@@ -67,3 +67,39 @@ def test_nothing_is_reused_where_the_vision_tokens_change(planted):
     tokens = stage_tokens(adapter.prepare(sample, response_ids=[]), "llm")
     assert shared_prefix(DropVision([1], mode="skip"), tokens) == 0
     assert shared_prefix(Knockout("system", "vision", centre=1, window=1, n_layers=4), tokens) == 0
+
+
+def test_static_cache_steps_get_the_same_edit(planted):
+    """A static cache is longer than what it holds (keys = its full length): the queries' place comes
+    from the mask (`query_offset`), so decoding through it equals the teacher-forced forward."""
+    from transformers import StaticCache
+
+    from llava_mini.compat import cache_kwargs
+    from probe.interventions.hooks import intervening
+    from probe.interventions.run import forward_logits
+
+    adapter, model = planted.adapter, planted.model
+    sample = make_sample("<image> What is it?", ["skimage:coffee"])
+    gold = adapter.encode_response(" a cup of coffee")
+    intervention = DropVision([0, 1, 2, 3])  # the answer's queries lose the vision keys in every layer
+    whole, _ = forward_logits(adapter, adapter.prepare(sample, response_ids=gold), intervention)
+    prompt = adapter.prepare(sample, response_ids=[])
+    n = prompt.prompt_length
+    cache = StaticCache(config=model.config, max_cache_len=n + len(gold) + 5)
+    steps = []
+    with intervening(adapter, intervention, stage_tokens(prompt, "llm")), torch.no_grad():
+        out = model(**prompt.inputs, use_cache=True, **cache_kwargs(cache))
+        steps.append(out.logits[0, -1])
+        for k, token in enumerate(gold[:-1]):
+            out = model(
+                input_ids=torch.tensor([[token]]),
+                attention_mask=torch.ones(1, n + k + 1, dtype=torch.long),
+                cache_position=torch.tensor([n + k]),
+                use_cache=True,
+                **cache_kwargs(cache),
+            )
+            steps.append(out.logits[0, -1])
+    expected = whole[n - 1 : n - 1 + len(gold)]
+    baseline, _ = forward_logits(adapter, adapter.prepare(sample, response_ids=gold), BASELINE)
+    assert (expected - baseline[n - 1 : n - 1 + len(gold)]).abs().max() > 1e-3  # the edit matters
+    torch.testing.assert_close(torch.stack(steps).double(), expected, atol=1e-4, rtol=0)
