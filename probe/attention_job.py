@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -195,7 +196,7 @@ def manifest_for(loaded: LoadedModel, options: AttentionOptions, samples: list[S
             **options.extra,
         },
         "n_samples": len(samples),
-        "samples_fingerprint": _fingerprint(
+        "samples_fingerprint": fingerprint(
             [(s.sample_id, s.prompt, s.image_sources, s.response) for s in samples]
         ),
         "entropy_unit": "nats",
@@ -216,7 +217,8 @@ def grid_manifest(options: AttentionOptions) -> dict:
     }
 
 
-def _fingerprint(obj) -> str:
+def fingerprint(obj) -> str:
+    """A short stable hash of anything JSON can write (samples, settings)."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -243,7 +245,7 @@ def run_settings(manifest: dict) -> dict:
 
 
 def sample_fingerprint(sample: Sample) -> str:
-    return _fingerprint((sample.sample_id, sample.prompt, sample.image_sources, sample.response))
+    return fingerprint((sample.sample_id, sample.prompt, sample.image_sources, sample.response))
 
 
 def setting_differences(old: dict, new: dict, prefix: str = "") -> list[str]:
@@ -262,21 +264,30 @@ def _part(parts: Path, k: int, suffix: str = ".parquet") -> Path:
     return parts / f"{k:07d}{suffix}"
 
 
-def _check_finished_parts(out_dir: Path, parts: Path, samples: list[Sample]) -> None:
+def _check_finished_parts(
+    out_dir: Path, parts: Path, samples: list[Sample], fingerprint_of: Callable[[Sample], str]
+) -> None:
     """Every finished part must belong to the same sample as now (else the dataset changed under the run)."""
     for k, sample in enumerate(samples):
         if _part(parts, k).exists():
             info = json.loads(_part(parts, k, ".json").read_text())
-            if info.get("_fingerprint") != sample_fingerprint(sample):
+            if info.get("_fingerprint") != fingerprint_of(sample):
                 raise ProbeError(
                     f"{out_dir} holds sample {k + 1} ('{info.get('sample')}') computed from other input than "
                     f"sample '{sample.sample_id}' now (the dataset changed); pass --overwrite or choose another --out"
                 )
 
 
-def prepare_run_dir(out_dir: Path, manifest: dict, samples: list[Sample], overwrite: bool) -> Path | None:
+def prepare_run_dir(
+    out_dir: Path,
+    manifest: dict,
+    samples: list[Sample],
+    overwrite: bool,
+    fingerprint_of: Callable[[Sample], str] = sample_fingerprint,
+) -> Path | None:
     """Check the run directory; return its parts folder (finished samples of the same settings kept), or
-    None when it already holds this exact finished run (nothing to do).
+    None when it already holds this exact finished run (nothing to do). `fingerprint_of`: what of a
+    sample a finished part must match (`run_parts` records it).
 
     Refusals name what differs. A finished run keeps `.parts/`, so rerunning with a larger --limit
     computes only the new samples.
@@ -305,7 +316,7 @@ def prepare_run_dir(out_dir: Path, manifest: dict, samples: list[Sample], overwr
                 f"{out_dir} holds a finished run of {n_old} sample(s); this command's {len(samples)} are fewer "
                 "or other ones (only a longer --limit extends a run); pass --overwrite or choose another --out"
             )
-        _check_finished_parts(out_dir, parts, samples)
+        _check_finished_parts(out_dir, parts, samples, fingerprint_of)
         finished.unlink()  # from here on the directory holds an unfinished (longer) run
     elif parts.exists():
         saved = parts / SETTINGS_FILE
@@ -319,10 +330,40 @@ def prepare_run_dir(out_dir: Path, manifest: dict, samples: list[Sample], overwr
                 f"{out_dir} holds an unfinished run with other settings ({'; '.join(diffs)}); "
                 "pass --overwrite or choose another --out"
             )
-        _check_finished_parts(out_dir, parts, samples)
+        _check_finished_parts(out_dir, parts, samples, fingerprint_of)
     parts.mkdir(parents=True, exist_ok=True)
     write_json(parts / SETTINGS_FILE, settings)
     return parts
+
+
+def run_parts(
+    out_dir: Path,
+    fresh: bool,
+    samples: list[Sample],
+    parts: Path,
+    work: Callable[[Sample], tuple[dict, dict[str, pd.DataFrame]]],
+    progress: bool = True,
+    fingerprint_of: Callable[[Sample], str] = sample_fingerprint,
+) -> None:
+    """`work(sample)` -> (info, {suffix: table}) for every sample without a finished part, with progress.
+
+    Per sample, `.parts/` gets its info (.json, with the sample's fingerprint) first and its tables in the
+    order given, the main `.parquet` last: its presence marks the sample done, so a killed run resumes
+    without losing or duplicating finished samples. A ProbeError before any sample is done leaves no trace
+    of the run (no new directory)."""
+    todo = [(k, s) for k, s in enumerate(samples) if not _part(parts, k).exists()]
+    if len(todo) < len(samples):
+        print(f"resuming: {len(samples) - len(todo)} of {len(samples)} samples already done")
+    try:
+        for k, sample in tqdm(todo, desc="samples", unit="sample", disable=not progress or len(samples) < 2):
+            info, tables = work(sample)
+            write_json(_part(parts, k, ".json"), {**info, "_fingerprint": fingerprint_of(sample)})
+            for suffix, table in tables.items():
+                atomic_write(_part(parts, k, suffix), lambda p, table=table: table.to_parquet(p, index=False))
+    except ProbeError:
+        if not any(_part(parts, k).exists() for k in range(len(samples))):
+            shutil.rmtree(out_dir if fresh else parts, ignore_errors=True)  # nothing done: leave nothing
+        raise
 
 
 def run_attention(
@@ -356,28 +397,13 @@ def run_attention(
             f"{out_dir} already holds this finished run ({len(samples)} sample(s), same settings): nothing to do"
         )
         return read_table(out_dir, "attention")
-    todo = [(k, s) for k, s in enumerate(samples) if not _part(parts, k).exists()]
-    if len(todo) < len(samples):
-        print(f"resuming: {len(samples) - len(todo)} of {len(samples)} samples already done")
-    try:
-        for k, sample in tqdm(todo, desc="samples", unit="sample", disable=not progress or len(samples) < 2):
-            result = probe_sample(loaded, sample, options)
-            info = {**result.info, "_fingerprint": sample_fingerprint(sample)}
-            atomic_write(
-                _part(parts, k, ".json"), lambda p, info=info: p.write_text(json.dumps(info, default=str))
-            )
-            if result.grid is not None:
-                atomic_write(
-                    parts / f"{k:07d}.grid.parquet",
-                    lambda p, grid=result.grid: grid.to_parquet(p, index=False),
-                )
-            atomic_write(
-                parts / f"{k:07d}.parquet", lambda p, table=result.table: table.to_parquet(p, index=False)
-            )
-    except ProbeError:
-        if not any((parts / f"{k:07d}.parquet").exists() for k in range(len(samples))):
-            shutil.rmtree(out_dir if fresh else parts, ignore_errors=True)  # nothing done: leave nothing
-        raise
+
+    def work(sample: Sample) -> tuple[dict, dict[str, pd.DataFrame]]:
+        result = probe_sample(loaded, sample, options)
+        tables = {} if result.grid is None else {".grid.parquet": result.grid}
+        return result.info, {**tables, ".parquet": result.table}
+
+    run_parts(out_dir, fresh, samples, parts, work, progress)
     table = pd.concat(
         [pd.read_parquet(parts / f"{k:07d}.parquet") for k in range(len(samples))], ignore_index=True
     )

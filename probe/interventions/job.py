@@ -13,17 +13,14 @@ A run directory holds:
 from __future__ import annotations
 
 import json
-import shutil
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
-from probe.attention_job import PARTS, _fingerprint, prepare_run_dir, sample_fingerprint
+from probe.attention_job import PARTS, fingerprint, prepare_run_dir, run_parts, sample_fingerprint
 from probe.errors import ProbeError
 from probe.inputs import Sample
 from probe.interventions.base import Baseline, Intervention
@@ -146,7 +143,7 @@ def manifest_for(loaded: LoadedModel, samples, settings, options: AblationOption
         "dataset": options.dataset,
         "settings": [s.columns() for s in with_baseline(settings)],
         "n_samples": len(samples),
-        "samples_fingerprint": _fingerprint(
+        "samples_fingerprint": fingerprint(
             [(s.sample_id, s.prompt, s.image_sources, s.answer) for s in samples]
         ),
         "scoring": scoring,
@@ -166,18 +163,10 @@ def manifest_for(loaded: LoadedModel, samples, settings, options: AblationOption
     }
 
 
-def run_parts(samples: list, parts: Path, work: Callable[[object], pd.DataFrame], progress: bool) -> None:
-    """`work(sample)` for every sample without a finished part; each part is written atomically, so a
-    killed run resumes without losing or duplicating finished samples."""
-    todo = [(k, s) for k, s in enumerate(samples) if not (parts / f"{k:07d}.parquet").exists()]
-    if len(todo) < len(samples):
-        print(f"resuming: {len(samples) - len(todo)} of {len(samples)} samples already done")
-    for k, sample in tqdm(todo, desc="samples", unit="sample", disable=not progress or len(samples) < 2):
-        table = work(sample)
-        # the sample's fingerprint first (the run-dir checks compare it), its rows last (they mark it done)
-        info = {"sample": sample.sample_id, "_fingerprint": sample_fingerprint(sample)}
-        write_json(parts / f"{k:07d}.json", info)
-        atomic_write(parts / f"{k:07d}.parquet", lambda p, table=table: table.to_parquet(p, index=False))
+def ablation_fingerprint(sample: Sample) -> str:
+    """What a finished part must match: the sample as `probe attention` sees it, and its gold answer (an
+    edited answers file changes every metric)."""
+    return fingerprint((sample_fingerprint(sample), sample.answer, sample.choices))
 
 
 def run_ablation(
@@ -193,17 +182,16 @@ def run_ablation(
     out_dir = Path(out_dir)
     fresh = not out_dir.exists()
     manifest = manifest_for(loaded, samples, settings, options)
-    parts = prepare_run_dir(out_dir, manifest, samples, overwrite)
+    parts = prepare_run_dir(out_dir, manifest, samples, overwrite, ablation_fingerprint)
     if parts is None:  # this exact run is finished: nothing to do
         print(f"{out_dir} already holds this finished run: nothing to do")
         return load_results(out_dir)[0]
     torch.manual_seed(options.seed)
-    try:
-        run_parts(samples, parts, lambda s: sample_rows(loaded, s, settings, options), progress)
-    except ProbeError:
-        if not any(parts.glob("*.parquet")):
-            shutil.rmtree(out_dir if fresh else parts, ignore_errors=True)
-        raise
+
+    def work(sample: Sample) -> tuple[dict, dict[str, pd.DataFrame]]:
+        return {"sample": sample.sample_id}, {".parquet": sample_rows(loaded, sample, settings, options)}
+
+    run_parts(out_dir, fresh, samples, parts, work, progress, ablation_fingerprint)
     results = pd.concat(
         [pd.read_parquet(parts / f"{k:07d}.parquet") for k in range(len(samples))], ignore_index=True
     )
