@@ -62,8 +62,10 @@ def measure(adapter, prepared, repeats: int, device: str, only: list[str] | None
     }
     methods = {name: fn for name, fn in methods.items() if name == "plain" or not only or name in only}
     times: dict[str, list[float]] = {name: [] for name in methods}
-    for fn in methods.values():
+    for name, fn in methods.items():
+        start = time.perf_counter()
         fn()  # warm-up
+        print(f"  (warm-up {name}: {time.perf_counter() - start:.2f} s)", flush=True)
     for _ in range(repeats):
         for name, fn in methods.items():
             if device == "cuda":
