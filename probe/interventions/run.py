@@ -139,6 +139,8 @@ def run_prepared(
     n = prompt.prompt_length
     tokens = stage_tokens(prompt, intervention.stage)
     reused = shared_prefix(intervention, tokens) if baseline_cache is not None else 0
+    if reused and _holds_image_tokens(adapter, inputs["input_ids"][0, reused - tokens.length :]):
+        reused = 0  # a continuation carries no pixels
     with intervening(adapter, intervention, tokens, reference) as state:
         if reused:
             cache = copy.deepcopy(baseline_cache)
@@ -170,6 +172,15 @@ def run_prepared(
                 cache = cache_of(step)
                 token = int(step.logits[0, -1].argmax())
     return Outcome(first, gold_logprob, generated, processed, kept)
+
+
+def _holds_image_tokens(adapter: Adapter, ids: torch.Tensor) -> bool:
+    config = adapter.model.config
+    special = {
+        getattr(config, name, None) for name in ("image_token_id", "image_token_index", "video_token_id")
+    }
+    special.discard(None)
+    return bool(torch.isin(ids, torch.tensor(sorted(special), device=ids.device)).any()) if special else False
 
 
 def _step(adapter: Adapter, cache, ids: list[int], past: int):
