@@ -20,6 +20,7 @@ import json
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import pandas as pd
@@ -197,7 +198,7 @@ def manifest_for(loaded: LoadedModel, options: AttentionOptions, samples: list[S
             **options.extra,
         },
         "n_samples": len(samples),
-        "samples_fingerprint": _fingerprint(
+        "samples_fingerprint": fingerprint(
             [(s.sample_id, s.prompt, s.image_sources, s.response) for s in samples]
         ),
         "entropy_unit": "nats",
@@ -218,7 +219,8 @@ def grid_manifest(options: AttentionOptions) -> dict:
     }
 
 
-def _fingerprint(obj) -> str:
+def fingerprint(obj) -> str:
+    """A short stable hash of anything JSON can write (samples, settings)."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -246,7 +248,7 @@ def run_settings(manifest: dict) -> dict:
 
 
 def sample_fingerprint(sample: Sample) -> str:
-    return _fingerprint((sample.sample_id, sample.prompt, sample.image_sources, sample.response))
+    return fingerprint((sample.sample_id, sample.prompt, sample.image_sources, sample.response))
 
 
 def setting_differences(old: dict, new: dict, prefix: str = "") -> list[str]:
@@ -265,21 +267,30 @@ def _part(parts: Path, k: int, suffix: str = ".parquet") -> Path:
     return parts / f"{k:07d}{suffix}"
 
 
-def _check_finished_parts(out_dir: Path, parts: Path, samples: list[Sample]) -> None:
+def _check_finished_parts(
+    out_dir: Path, parts: Path, samples: list[Sample], fingerprint_of: Callable[[Sample], str]
+) -> None:
     """Every finished part must belong to the same sample as now (else the dataset changed under the run)."""
     for k, sample in enumerate(samples):
         if _part(parts, k).exists():
             info = json.loads(_part(parts, k, ".json").read_text())
-            if info.get("_fingerprint") != sample_fingerprint(sample):
+            if info.get("_fingerprint") != fingerprint_of(sample):
                 raise ProbeError(
                     f"{out_dir} holds sample {k + 1} ('{info.get('sample')}') computed from other input than "
                     f"sample '{sample.sample_id}' now (the dataset changed); pass --overwrite or choose another --out"
                 )
 
 
-def prepare_run_dir(out_dir: Path, manifest: dict, samples: list[Sample], overwrite: bool) -> Path | None:
+def prepare_run_dir(
+    out_dir: Path,
+    manifest: dict,
+    samples: list[Sample],
+    overwrite: bool,
+    fingerprint_of: Callable[[Sample], str] = sample_fingerprint,
+) -> Path | None:
     """Check the run directory; return its parts folder (finished samples of the same settings kept), or
-    None when it already holds this exact finished run (nothing to do).
+    None when it already holds this exact finished run (nothing to do). `fingerprint_of`: what of a
+    sample a finished part must match (`run_parts` records it).
 
     Refusals name what differs. A finished run keeps `.parts/`, so rerunning with a larger --limit
     computes only the new samples.
@@ -308,7 +319,7 @@ def prepare_run_dir(out_dir: Path, manifest: dict, samples: list[Sample], overwr
                 f"{out_dir} holds a finished run of {n_old} sample(s); this command's {len(samples)} are fewer "
                 "or other ones (only a longer --limit extends a run); pass --overwrite or choose another --out"
             )
-        _check_finished_parts(out_dir, parts, samples)
+        _check_finished_parts(out_dir, parts, samples, fingerprint_of)
         finished.unlink()  # from here on the directory holds an unfinished (longer) run
     elif parts.exists():
         saved = parts / SETTINGS_FILE
@@ -322,23 +333,53 @@ def prepare_run_dir(out_dir: Path, manifest: dict, samples: list[Sample], overwr
                 f"{out_dir} holds an unfinished run with other settings ({'; '.join(diffs)}); "
                 "pass --overwrite or choose another --out"
             )
-        _check_finished_parts(out_dir, parts, samples)
+        _check_finished_parts(out_dir, parts, samples, fingerprint_of)
     parts.mkdir(parents=True, exist_ok=True)
     write_json(parts / SETTINGS_FILE, settings)
     return parts
 
 
-def probe_and_store(
-    loaded: LoadedModel, sample: Sample, options: AttentionOptions, parts: Path, k: int
+def store_parts(parts: Path, k: int, info: dict, tables: dict[str, pd.DataFrame], fingerprint: str) -> None:
+    """Sample k's info (.json, with its fingerprint) first, then its tables in the order given, the main
+    `.parquet` last (its presence marks the sample done). Any process may write them (`--executor ray`)."""
+    write_json(_part(parts, k, ".json"), {**info, "_fingerprint": fingerprint})
+    for suffix, table in tables.items():
+        atomic_write(_part(parts, k, suffix), lambda p, table=table: table.to_parquet(p, index=False))
+
+
+def run_parts(
+    out_dir: Path,
+    fresh: bool,
+    samples: list[Sample],
+    parts: Path,
+    work: Callable[[Sample], tuple[dict, dict[str, pd.DataFrame]]],
+    progress: bool = True,
+    fingerprint_of: Callable[[Sample], str] = sample_fingerprint,
 ) -> None:
-    """Sample k's parts: its info (.json, with the sample's fingerprint), grid rows, and last its attention
-    rows (.parquet), whose presence marks it done. Any process may write them (`--executor ray`)."""
+    """`work(sample)` -> (info, {suffix: table}) for every sample without a finished part, with progress.
+
+    Per sample, `.parts/` gets its info (.json, with the sample's fingerprint) first and its tables in the
+    order given, the main `.parquet` last: its presence marks the sample done, so a killed run resumes
+    without losing or duplicating finished samples. A ProbeError before any sample is done leaves no trace
+    of the run (no new directory)."""
+    todo = [(k, s) for k, s in enumerate(samples) if not _part(parts, k).exists()]
+    if len(todo) < len(samples):
+        print(f"resuming: {len(samples) - len(todo)} of {len(samples)} samples already done")
+    try:
+        for k, sample in tqdm(todo, desc="samples", unit="sample", disable=not progress or len(samples) < 2):
+            info, tables = work(sample)
+            store_parts(parts, k, info, tables, fingerprint_of(sample))
+    except ProbeError:
+        if not any(_part(parts, k).exists() for k in range(len(samples))):
+            shutil.rmtree(out_dir if fresh else parts, ignore_errors=True)  # nothing done: leave nothing
+        raise
+
+
+def attention_work(loaded: LoadedModel, options: AttentionOptions, sample: Sample):
+    """(info, {suffix: table}) of one sample: what `run_parts` / `store_parts` keep per sample."""
     result = probe_sample(loaded, sample, options)
-    info = {**result.info, "_fingerprint": sample_fingerprint(sample)}
-    atomic_write(_part(parts, k, ".json"), lambda p: p.write_text(json.dumps(info, default=str)))
-    if result.grid is not None:
-        atomic_write(_part(parts, k, ".grid.parquet"), lambda p: result.grid.to_parquet(p, index=False))
-    atomic_write(_part(parts, k), lambda p: result.table.to_parquet(p, index=False))
+    tables = {} if result.grid is None else {".grid.parquet": result.grid}
+    return result.info, {**tables, ".parquet": result.table}
 
 
 def probe_shard(
@@ -347,14 +388,17 @@ def probe_shard(
     """A worker's share: load the model once, then probe and store each (k, sample)."""
     loaded = reload()
     for k, sample in items:
-        probe_and_store(loaded, sample, options, parts, k)
+        info, tables = attention_work(loaded, options, sample)
+        store_parts(parts, k, info, tables, sample_fingerprint(sample))
 
 
-def shard_over_workers(loaded, reload, todo: list, options, parts: Path, executor, address, progress) -> None:
+def shard_over_workers(loaded, reload, samples, options, parts: Path, executor, address, progress) -> None:
+    """The unfinished samples split over as many Ray tasks as the cluster runs at once (GPUs on CUDA)."""
     from probe.executors import ray_worker_count, run_tasks
 
     if reload is None:
         raise ProbeError(f"--executor {executor} needs a way to load the model in each worker (reload=)")
+    todo = [(k, s) for k, s in enumerate(samples) if not _part(parts, k).exists()]
     if not todo:
         return
     gpus = 1.0 if next(loaded.model.parameters()).device.type == "cuda" else 0.0
@@ -400,21 +444,15 @@ def run_attention(
             f"{out_dir} already holds this finished run ({len(samples)} sample(s), same settings): nothing to do"
         )
         return read_table(out_dir, "attention")
-    todo = [(k, s) for k, s in enumerate(samples) if not _part(parts, k).exists()]
-    if len(todo) < len(samples):
-        print(f"resuming: {len(samples) - len(todo)} of {len(samples)} samples already done")
-    try:
-        if executor == "local":
-            for k, sample in tqdm(
-                todo, desc="samples", unit="sample", disable=not progress or len(samples) < 2
-            ):
-                probe_and_store(loaded, sample, options, parts, k)
-        else:
-            shard_over_workers(loaded, reload, todo, options, parts, executor, address, progress)
-    except ProbeError:
-        if not any((parts / f"{k:07d}.parquet").exists() for k in range(len(samples))):
-            shutil.rmtree(out_dir if fresh else parts, ignore_errors=True)  # nothing done: leave nothing
-        raise
+    if executor == "local":
+        run_parts(out_dir, fresh, samples, parts, partial(attention_work, loaded, options), progress)
+    else:
+        try:
+            shard_over_workers(loaded, reload, samples, options, parts, executor, address, progress)
+        except ProbeError:
+            if not any(_part(parts, k).exists() for k in range(len(samples))):
+                shutil.rmtree(out_dir if fresh else parts, ignore_errors=True)  # nothing done: leave nothing
+            raise
     table = pd.concat(
         [pd.read_parquet(parts / f"{k:07d}.parquet") for k in range(len(samples))], ignore_index=True
     )

@@ -54,6 +54,51 @@ def _default_out(model: str, command: str = "attention") -> Path:
     return Path("runs") / (re.sub(r"[^A-Za-z0-9._-]+", "_", model).strip("_") + f"-{command}")
 
 
+DATASET_SOURCE_OPTIONS = [
+    click.option(
+        "--answers",
+        type=click.Path(path_type=Path),
+        help="LLaVA question file: gold answers by question id (JSONL / JSON, e.g. GQA's questions file).",
+    ),
+    click.option(
+        "--image-folder",
+        type=click.Path(path_type=Path),
+        help="Where a LLaVA question file's (or a path column's) images are [default: next to the dataset].",
+    ),
+    click.option("--image-column", help="save_to_disk dataset: image (or image path) column [image]."),
+    click.option("--question-column", help="save_to_disk dataset: question column [question]."),
+    click.option("--answer-column", help="save_to_disk dataset: gold answer column [answer, if present]."),
+    click.option(
+        "--choices-column",
+        help="save_to_disk dataset, multiple choice: one list column, or comma-separated option columns (A,B,C,D).",
+    ),
+    click.option("--split", "dataset_split", help="save_to_disk DatasetDict: the split to read."),
+]
+
+
+def _dataset_source_options(command):
+    """Options that say how to read a --dataset that is not probe's JSONL (probe.dataset_formats)."""
+    for option in reversed(DATASET_SOURCE_OPTIONS):
+        command = option(command)
+    return command
+
+
+def _dataset_source(options: dict):
+    """Pop the dataset-source options out of a command's keyword arguments into a `DatasetSource`."""
+    from probe.dataset_formats import DatasetSource
+
+    choices = options.pop("choices_column")
+    return DatasetSource(
+        answers=options.pop("answers"),
+        image_folder=options.pop("image_folder"),
+        image_column=options.pop("image_column"),
+        question_column=options.pop("question_column"),
+        answer_column=options.pop("answer_column"),
+        choices_columns=[c.strip() for c in choices.split(",") if c.strip()] if choices else None,
+        split=options.pop("dataset_split"),
+    )
+
+
 @cli.command("attention")
 @click.option(
     "--model", "model_name", required=True, help="Zoo name (see `probe models`), hub id or local directory."
@@ -70,6 +115,7 @@ def _default_out(model: str, command: str = "attention") -> Path:
     "--dataset", type=click.Path(path_type=Path), help="JSONL file: one {image(s), prompt, answer?} per line."
 )
 @click.option("--limit", type=click.IntRange(min=1), help="Use only the first N dataset samples.")
+@_dataset_source_options
 @click.option(
     "--response-from",
     type=click.Choice(["response", "answer", "none"]),
@@ -141,6 +187,7 @@ def attention_command(
     seed,
     executor,
     address,
+    **source_options,
 ) -> None:
     """Per-layer attention mass and entropy on vision / instruction / response tokens (paper Figs. 2-3)."""
     from functools import partial
@@ -165,12 +212,15 @@ def attention_command(
     if response_from and generate:
         raise ProbeError("use either --response-from or --generate, not both")
     grid_queries = parse_grid_queries(grid_spec) if grid_spec is not None else None
+    source = _dataset_source(source_options)
     if dataset is not None:
         if images or prompt:
             raise ProbeError("use either --dataset or --image/--prompt, not both")
         response_from = response_from or "response"
-        samples = read_dataset(dataset, response_from)[:limit]
+        samples = read_dataset(dataset, response_from, source, limit=limit)
     else:
+        if source != type(source)():
+            raise ProbeError("--answers, --image-folder and the column options describe a --dataset")
         if not images or prompt is None:
             raise ProbeError("give --image and --prompt (or --dataset)")
         samples = [make_sample(prompt, list(images), response=response)]
@@ -459,9 +509,11 @@ def _ablation_options(command):
                 "--dataset",
                 type=click.Path(path_type=Path),
                 required=True,
-                help="JSONL with an 'answer' per line (gold answers are needed by every metric).",
+                help="JSONL with an 'answer' per line, a LLaVA question file (+ --answers), an MMBench TSV "
+                "or a save_to_disk directory (gold answers are needed by every metric).",
             ),
             click.option("--limit", type=click.IntRange(min=1), help="Use only the first N samples."),
+            *DATASET_SOURCE_OPTIONS,
             click.option(
                 "--max-new-tokens",
                 default=8,
@@ -502,7 +554,8 @@ def _run_ablation(command, model_name, dataset, limit, make_settings, spec, comm
 
     out = check_output_dir(common["out"] or _default_out(model_name, command))
     template = parse_template(common["template_spec"])
-    samples = read_dataset(dataset)[:limit]
+    source = _dataset_source(common)
+    samples = read_dataset(dataset, source=source, limit=limit)
     missing = [s.sample_id for s in samples if not (s.answer or "").strip()]
     if missing:
         raise ProbeError(
@@ -523,6 +576,7 @@ def _run_ablation(command, model_name, dataset, limit, make_settings, spec, comm
         only_correct=common["only_correct"],
         seed=common["seed"],
         spec=spec,
+        dataset=source.describe(dataset),
     )
     results = run_ablation(
         loaded,

@@ -6,13 +6,13 @@ one line that says what to fix.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from probe.dataset_formats import DatasetSource, dataset_records, embedded_image, is_embedded
 from probe.errors import ProbeError
 from probe.notes import note
 from probe.video import FRAME_EXTENSIONS, is_video_source, verify_video, video_given_to_still_model
@@ -31,6 +31,12 @@ class Sample:
     response: str | None = None
     answer: str | None = None
     meta: dict = field(default_factory=dict)
+    choices: list[str] | None = None  # multiple choice: the options (answer = the option's letter)
+
+    @property
+    def scoring(self) -> str:
+        """How a generated answer is scored against `answer` (`probe.interventions.metrics`)."""
+        return "option letter" if self.choices else "exact match"
 
     def load_images(self) -> list[Image.Image]:
         """Decode the images now (datasets are validated up front but decoded one sample at a time)."""
@@ -50,6 +56,8 @@ def load_image(source: str | Path) -> Image.Image:
     source = str(source)
     if source.startswith(SKIMAGE_PREFIX):
         return _skimage_sample(source[len(SKIMAGE_PREFIX) :])
+    if is_embedded(source):  # stored inside a dataset file (MMBench base64, a datasets image feature)
+        return _decoded(embedded_image(source), source)
     path = Path(source)
     if is_video_source(path):
         raise video_given_to_still_model(source)
@@ -61,7 +69,18 @@ def load_image(source: str | Path) -> Image.Image:
     if not path.is_file():
         raise ProbeError(f"image not found: {source}")
     try:
-        with Image.open(path) as img:
+        img = Image.open(path)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise ProbeError(
+            f"cannot read image {source}: not a valid image file ({exc.__class__.__name__})"
+        ) from None
+    return _decoded(img, source)
+
+
+def _decoded(img: Image.Image, source: str) -> Image.Image:
+    """Decode now (a broken file fails here, with its name) and hand back RGB."""
+    try:
+        with img:
             img.load()
             return img.convert("RGB")
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
@@ -138,72 +157,53 @@ def make_sample(
 RESPONSE_FROM = ("response", "answer", "none")
 
 
-def read_dataset(path: str | Path, response_from: str = "response") -> list[Sample]:
-    """Read a JSONL dataset: one object per line with `image` (or `images`), `prompt`, optional `answer`
-    and optional `response` (a per-sample response to teacher-force).
+def read_dataset(
+    path: str | Path,
+    response_from: str = "response",
+    source: DatasetSource | None = None,
+    limit: int | None = None,
+) -> list[Sample]:
+    """Read a dataset: probe's JSONL (one object per line with `image` (or `images`), `prompt`, optional
+    `answer` and optional `response`, a per-sample response to teacher-force), a LLaVA evaluation
+    question file (+ `source.answers`), an MMBench TSV, or a directory written by `datasets`'
+    `save_to_disk` (columns named in `source`); see `probe.dataset_formats`. `limit`: the first N only.
 
-    Relative image paths are taken relative to the JSONL file. `response_from` says which key becomes
-    the teacher-forced response: `response` (lines without one get none), `answer` (every line must
-    have one), or `none` (prompts only).
+    Relative image paths are taken relative to the file (or `source.image_folder`). `response_from` says
+    which key becomes the teacher-forced response: `response` (lines without one get none), `answer`
+    (every line must have one), or `none` (prompts only).
     Prompts follow `place_images`: without `<image>` the images go first; slots must match the images.
     """
     if response_from not in RESPONSE_FROM:
         raise ProbeError(f"unknown response source '{response_from}': use one of {', '.join(RESPONSE_FROM)}")
-    path = Path(path)
-    if not path.is_file():
+    path = Path(path).expanduser()
+    if not path.exists():
         raise ProbeError(f"dataset not found: {path}")
     samples: list[Sample] = []
     placed = 0  # prompts that had no <image> slot
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            where = f"{path.name} line {lineno}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ProbeError(f"{where}: malformed JSON ({exc.msg})") from None
-            if not isinstance(record, dict):
-                raise ProbeError(f"{where}: expected a JSON object")
-            images = record.get("images", record.get("image"))
-            if isinstance(images, str):
-                images = [images]
-            if not images or not isinstance(images, list) or not all(isinstance(i, str) for i in images):
-                raise ProbeError(f"{where}: needs 'image' (a path) or 'images' (a list of paths)")
-            prompt = record.get("prompt", record.get("question"))
-            if not isinstance(prompt, str) or not prompt.strip():
-                raise ProbeError(f"{where}: needs a non-empty 'prompt'")
-            if response_from == "answer" and record.get("answer") is None:
-                raise ProbeError(f"{where}: has no 'answer' to teacher-force (--response-from answer)")
-            resolved = [
-                i if i.startswith(SKIMAGE_PREFIX) or Path(i).is_absolute() else str(path.parent / i)
-                for i in images
-            ]
-            try:
-                sample = make_sample(
-                    prompt,
-                    resolved,
-                    response=None if response_from == "none" else _text(record.get(response_from)),
-                    sample_id=str(record.get("id", len(samples))),
-                    where=where,
-                    answer=_text(record.get("answer")),
-                    note=False,
-                )
-            except ProbeError as exc:
-                msg = str(exc)
-                raise ProbeError(msg if msg.startswith(where) else f"{where}: {msg}") from None
-            sample.meta = {
-                k: v
-                for k, v in record.items()
-                if k not in {"image", "images", "prompt", "question", "response"}
-            }
-            samples.append(sample)
-            placed += IMAGE_SLOT not in prompt
+    for record in dataset_records(path, source or DatasetSource()):
+        if limit is not None and len(samples) >= limit:
+            break
+        where = record.where
+        if response_from == "answer" and record.answer is None:
+            raise ProbeError(f"{where}: has no 'answer' to teacher-force (--response-from answer)")
+        try:
+            sample = make_sample(
+                record.prompt,
+                record.images,
+                response={"response": record.response, "answer": record.answer}.get(response_from),
+                sample_id=record.sample_id,
+                where=where,
+                answer=record.answer,
+                note=False,
+            )
+        except ProbeError as exc:
+            msg = str(exc)
+            raise ProbeError(msg if msg.startswith(where) else f"{where}: {msg}") from None
+        sample.choices = record.choices
+        sample.meta = record.meta
+        samples.append(sample)
+        placed += IMAGE_SLOT not in record.prompt and not record.slotless_format
     if not samples:
         raise ProbeError(f"dataset {path} is empty")
     note_images_placed(placed, len(samples))
     return samples
-
-
-def _text(value) -> str | None:
-    return None if value is None else str(value)

@@ -30,6 +30,17 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def dataset_sha256(path: Path) -> str:
+    """sha256 of a dataset file; for a directory (a `save_to_disk` dataset), of its files' names and hashes."""
+    path = Path(path)
+    if not path.is_dir():
+        return sha256_file(path)
+    digest = hashlib.sha256()
+    for file in sorted(f for f in path.rglob("*") if f.is_file()):
+        digest.update(f"{file.relative_to(path).as_posix()}\0{sha256_file(file)}\n".encode())
+    return digest.hexdigest()
+
+
 def cached_sha256(path: Path, cache_file: Path) -> str:
     """sha256 of `path`, reused from `cache_file` while the file's size and mtime are unchanged."""
     path = Path(path).resolve()
@@ -120,7 +131,7 @@ def run_provenance(
         "command_line": command,
         "dataset": None
         if dataset is None
-        else {"path": str(Path(dataset).resolve()), "sha256": sha256_file(Path(dataset))},
+        else {"path": str(Path(dataset).resolve()), "sha256": dataset_sha256(Path(dataset))},
         "limit": limit,
         "timestamp_utc": utc_timestamp(),
         "probe_version": __version__,

@@ -23,26 +23,13 @@ from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface, eager_mask
 from transformers.models.llama.modeling_llama import eager_attention_forward
 
+from probe.engines.streaming import allowed_edges, query_offset
 from probe.precision import full_fp32_matmul
 
 REFERENCE = "probe_reference"
 
 # The record of the forward being recorded (`recording_visibility`), if any.
 _VISIBILITY: contextvars.ContextVar = contextvars.ContextVar("probe_visibility", default=None)
-
-
-def allowed_edges(mask, n_queries: int, n_keys: int, causal: bool, device) -> torch.Tensor:
-    """[B|1, 1|H, Nq, Nk] bool: what the mask the model passed lets each query see."""
-    if mask is not None and mask.dim() == 4:
-        rows = mask[..., -n_queries:, :n_keys]
-        return rows if rows.dtype == torch.bool else rows > torch.finfo(rows.dtype).min / 2
-    keys = torch.arange(n_keys, device=device)
-    queries = torch.arange(n_keys - n_queries, n_keys, device=device)
-    allowed = keys[None, :] <= queries[:, None] if causal else torch.ones(n_queries, n_keys, dtype=torch.bool)
-    allowed = allowed.to(device)[None, None]
-    if mask is not None:  # flash-style [B, Nk] padding mask, 1 = keep
-        allowed = allowed & mask[:, None, None, -n_keys:].bool()
-    return allowed
 
 
 class VisibilityRecord:
@@ -58,9 +45,10 @@ class VisibilityRecord:
         causal = getattr(module, "is_causal", True)
         slot = (id(attention_mask), n_q, n_k, causal)
         if slot not in self._by_mask:  # the mask is kept with its entry, so its id cannot be reused
+            offset = query_offset(module, attention_mask, n_q, n_k)
             self._by_mask[slot] = (
                 attention_mask,
-                allowed_edges(attention_mask, n_q, n_k, causal, query.device),
+                allowed_edges(attention_mask, n_q, n_k, offset, causal, query.device),
             )
         self.by_module[module] = self._by_mask[slot][1]
 

@@ -264,6 +264,21 @@ def _query_offset(mask, n_q: int, n_keys: int, bottom_right: bool) -> int:
     return min(max(best, 0), n_keys - n_q)
 
 
+def query_offset(module, mask, n_q: int, n_keys: int) -> int:
+    """Position of this attention call's first query among its keys (`_query_offset`, with the module's
+    kernel saying how causality aligns when there is no mask: flash bottom-right, SDPA top-left)."""
+    flash = "flash" in str(getattr(getattr(module, "config", None), "_attn_implementation", ""))
+    return _query_offset(mask, n_q, n_keys, bottom_right=flash)
+
+
+def allowed_edges(mask, n_q: int, n_keys: int, offset: int, causal: bool, device) -> torch.Tensor:
+    """[B|1, 1|H, n_q, n_keys] bool: what the mask the model passed (None = causal, a 2-D padding mask,
+    a 4-D bool / additive mask, a flex `BlockMask`) lets each query see; queries start at `offset`."""
+    q_pos = torch.arange(offset, offset + n_q, device=device)
+    allowed, _, k = _block_mask(mask, q_pos, 0, n_q, n_keys, causal)
+    return torch.nn.functional.pad(allowed.to(device), (0, n_keys - k), value=False)
+
+
 def _block_mask_rows(block_mask: BlockMask, q0: int, q1: int, n_keys: int) -> torch.Tensor:
     """Rows q0:q1 of a flex `BlockMask` as a [B, 1|H, q1 - q0, n_keys] bool mask, from its `mask_mod`
     (transformers' mask functions are plain tensor expressions, so they broadcast over index grids)."""
@@ -291,8 +306,7 @@ def collect(
     groups = n_heads // n_kv
     scale = scaling if scaling is not None else dim**-0.5
     causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
-    flash = "flash" in str(getattr(getattr(module, "config", None), "_attn_implementation", ""))
-    offset = _query_offset(attention_mask, n_q, n_keys, bottom_right=flash)
+    offset = query_offset(module, attention_mask, n_q, n_keys)
     role_ids = context.role_ids(n_keys)
     onehot = context.onehot(n_keys)  # [B, Nk, R]
     q_roles = role_ids[:, offset : offset + n_q]
@@ -389,10 +403,11 @@ def attention_rows(
     module, query: torch.Tensor, key: torch.Tensor, attention_mask, positions: Sequence[int], scaling=None
 ) -> torch.Tensor:
     """Head-averaged attention rows [B, len(positions), Nk] of the given query positions (absolute, within
-    this call's keys), from the post-RoPE query / key of the real forward: O(heads x Nk) per row."""
+    this call's keys; the queries' place among the keys from `query_offset`, so a static cache works),
+    from the post-RoPE query / key of the real forward: O(heads x Nk) per row."""
     bsz, n_heads, n_q, dim = query.shape
     n_kv, n_keys = key.shape[1], key.shape[2]
-    offset = n_keys - n_q
+    offset = query_offset(module, attention_mask, n_q, n_keys)
     causal = getattr(module, "is_causal", True)
     rows = []
     for p in positions:
@@ -484,4 +499,6 @@ __all__ = [
     "StreamingContext",
     "instrumented_attention",
     "attention_rows",
+    "allowed_edges",
+    "query_offset",
 ]

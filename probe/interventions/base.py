@@ -128,10 +128,13 @@ class Intervention:
             "last_layer": max(self.layers) if self.layers else -1,
         }
 
-    def blocked(self, layer: int, tokens: Tokens, n_queries: int, n_keys: int) -> torch.Tensor | None:
+    def blocked(
+        self, layer: int, tokens: Tokens, n_queries: int, n_keys: int, offset: int | None = None
+    ) -> torch.Tensor | None:
         """[B, n_queries, n_keys] bool, True = the edge is cut (-inf logit), or None for no mask edit.
 
-        The queries are the last `n_queries` of the `n_keys` positions (KV cache: the new tokens)."""
+        The queries are positions `offset` .. `offset + n_queries - 1` of the keys (default: the last
+        `n_queries`, the new tokens of a dynamic KV cache; a static cache is longer than what it holds)."""
         return None
 
     def removed(self, tokens: Tokens) -> torch.Tensor | None:
@@ -178,11 +181,14 @@ class BlockEdges(Intervention):
     def target_mask(self, tokens: Tokens, length: int) -> torch.Tensor:
         return tokens.select(self.target, length)
 
-    def blocked(self, layer: int, tokens: Tokens, n_queries: int, n_keys: int) -> torch.Tensor | None:
+    def blocked(
+        self, layer: int, tokens: Tokens, n_queries: int, n_keys: int, offset: int | None = None
+    ) -> torch.Tensor | None:
         if layer not in self.layers:
             return None
+        offset = n_keys - n_queries if offset is None else offset
         src = tokens.select(self.source, n_keys)  # [B, Nk]
-        tgt = self.target_mask(tokens, n_keys)[:, n_keys - n_queries :]  # [B, Nq]
+        tgt = self.target_mask(tokens, n_keys)[:, offset : offset + n_queries]  # [B, Nq]
         return tgt[:, :, None] & src[:, None, :]
 
 

@@ -55,8 +55,10 @@ class DropVision(BlockEdges):
     def target_mask(self, tokens: Tokens, length: int) -> torch.Tensor:
         return ~tokens.select(self.source, length)
 
-    def blocked(self, layer: int, tokens: Tokens, n_queries: int, n_keys: int) -> torch.Tensor | None:
-        return super().blocked(layer, tokens, n_queries, n_keys) if self.mode == "mask" else None
+    def blocked(
+        self, layer: int, tokens: Tokens, n_queries: int, n_keys: int, offset: int | None = None
+    ) -> torch.Tensor | None:
+        return super().blocked(layer, tokens, n_queries, n_keys, offset) if self.mode == "mask" else None
 
     def removes_tokens(self) -> bool:
         return self.mode == "skip"

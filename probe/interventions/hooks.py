@@ -29,8 +29,14 @@ from transformers.models.llama.modeling_llama import eager_attention_forward
 
 from llava_mini.compat import cache_of
 from probe.adapters.base import Adapter
-from probe.engines.reference import allowed_edges
-from probe.engines.streaming import StreamingContext, collecting, fronted, instrumented_attention
+from probe.engines.streaming import (
+    StreamingContext,
+    allowed_edges,
+    collecting,
+    fronted,
+    instrumented_attention,
+    query_offset,
+)
 from probe.errors import ProbeError
 from probe.intermediate import LayerStats, concat_sequences
 from probe.interventions.base import Intervention, Tokens
@@ -87,18 +93,21 @@ class EditState:
                 )
         plain = eager_attention_forward if self.reference else sdpa_attention_forward
         if self.shortened(layer):
-            return self.gathered_mask(attention_mask, query, key, getattr(module, "is_causal", True)), plain
+            causal = getattr(module, "is_causal", True)
+            return self.gathered_mask(module, attention_mask, query, key, causal), plain
         n_q, n_k = query.shape[2], key.shape[2]
-        blocked = self.intervention.blocked(layer, self.tokens, n_q, n_k)
+        offset = query_offset(module, attention_mask, n_q, n_k)
+        blocked = self.intervention.blocked(layer, self.tokens, n_q, n_k, offset)
         if blocked is None:
             return attention_mask, inner
-        allowed = allowed_edges(attention_mask, n_q, n_k, getattr(module, "is_causal", True), query.device)
+        causal = getattr(module, "is_causal", True)
+        allowed = allowed_edges(attention_mask, n_q, n_k, offset, causal, query.device)
         cut = allowed & ~blocked[:, None].to(query.device)
         emptied = ~cut.any(-1) & allowed.any(-1)  # [B, 1|H, Nq]
         if bool(emptied.any()):
-            q_roles = self.tokens.role_ids(n_k)[:, n_k - n_q :].to(query.device)
+            q_roles = self.tokens.role_ids(n_k)[:, offset : offset + n_q].to(query.device)
             if bool((emptied & (q_roles[:, None] >= 0)).any()):
-                position = int(emptied.nonzero()[0, -1]) + n_k - n_q
+                position = int(emptied.nonzero()[0, -1]) + offset
                 raise ProbeError(
                     f"{self.intervention.label}: token {position} would have nothing left to attend to in "
                     f"{self.intervention.stage} layer {layer}"
@@ -138,7 +147,7 @@ class EditState:
             self.segment_kept = (kept[kept >= self.segment_start] - self.segment_start).to(self.device)
         return self.segment_kept
 
-    def gathered_mask(self, mask, query, key, causal: bool):
+    def gathered_mask(self, module, mask, query, key, causal: bool):
         n_q, n_k = query.shape[2], key.shape[2]
         if mask is not None and mask.dim() == 4:
             cols = self.kept_positions(mask.shape[-1]).to(mask.device)
@@ -149,7 +158,10 @@ class EditState:
             return gathered
         if mask is not None:  # 2-D padding mask
             mask = mask.index_select(-1, self.kept_positions(mask.shape[-1]).to(mask.device))
-        return as_mask(allowed_edges(mask, n_q, n_k, causal, query.device), self.reference, query.dtype)
+        offset = query_offset(module, mask, n_q, n_k)
+        return as_mask(
+            allowed_edges(mask, n_q, n_k, offset, causal, query.device), self.reference, query.dtype
+        )
 
 
 def decoder_layers(adapter: Adapter, stage: str) -> list[torch.nn.Module]:

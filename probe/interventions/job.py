@@ -13,24 +13,22 @@ A run directory holds:
 from __future__ import annotations
 
 import json
-import shutil
-from collections.abc import Callable
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
-from probe.attention_job import PARTS, _fingerprint, prepare_run_dir, sample_fingerprint
+from probe.attention_job import PARTS, fingerprint, prepare_run_dir, run_parts, sample_fingerprint
 from probe.errors import ProbeError
 from probe.inputs import Sample
 from probe.interventions.base import Baseline, Intervention
 from probe.interventions.metrics import (
-    SCORING,
     is_correct,
     kl_divergence,
     relative_change_pct,
+    scoring_description,
     summarise,
 )
 from probe.interventions.run import Outcome, run_sample
@@ -46,6 +44,7 @@ class AblationOptions:
     only_correct: bool = False  # summary over the samples the baseline answers right
     seed: int = 0  # bootstrap
     spec: dict = field(default_factory=dict)  # the command's own options, for the manifest
+    dataset: dict = field(default_factory=dict)  # where the samples came from (path, format, options)
 
 
 def answer_ids(adapter, sample: Sample) -> list[int]:
@@ -89,7 +88,16 @@ def sample_rows(loaded: LoadedModel, sample: Sample, settings: list[Intervention
     rows = []
     base: Outcome | None = None
     for setting in with_baseline(settings):
-        outcome = run_sample(adapter, sample, setting, gold, options.max_new_tokens)
+        # the baseline's prompt cache is reused by every setting that leaves a prefix of the prompt unchanged
+        outcome = run_sample(
+            adapter,
+            sample,
+            setting,
+            gold,
+            options.max_new_tokens,
+            baseline_cache=base.prompt_cache if base else None,
+            keep_cache=base is None,
+        )
         base = base or outcome
         text = tokenizer.decode(outcome.generated, skip_special_tokens=True)
         p_first = float(outcome.first_logprobs[gold[0]].exp())
@@ -101,7 +109,8 @@ def sample_rows(loaded: LoadedModel, sample: Sample, settings: list[Intervention
                 **setting.columns(),
                 "answer": sample.answer,
                 "generated": text.strip(),
-                "correct": is_correct(text, sample.answer),
+                "scoring": sample.scoring,
+                "correct": is_correct(text, sample.answer, sample.choices),
                 "gold_logprob": outcome.gold_logprob,
                 "first_gold_prob": p_first,
                 "first_gold_rel_change_pct": relative_change_pct(p_first, p_base),
@@ -115,6 +124,7 @@ def sample_rows(loaded: LoadedModel, sample: Sample, settings: list[Intervention
 
 
 def manifest_for(loaded: LoadedModel, samples, settings, options: AblationOptions) -> dict:
+    scoring = scoring_description([s.scoring for s in samples])
     return {
         "command": options.command,
         "model": {
@@ -132,14 +142,16 @@ def manifest_for(loaded: LoadedModel, samples, settings, options: AblationOption
             "seed": options.seed,
             **options.spec,
         },
+        "dataset": options.dataset,
         "settings": [s.columns() for s in with_baseline(settings)],
         "n_samples": len(samples),
-        "samples_fingerprint": _fingerprint(
+        "samples_fingerprint": fingerprint(
             [(s.sample_id, s.prompt, s.image_sources, s.answer) for s in samples]
         ),
-        "scoring": SCORING,
+        "scoring": scoring,
+        "scoring_per_sample": dict(Counter(s.scoring for s in samples)),
         "metrics": {
-            "correct": "generated answer (greedy, KV cache) == gold, " + SCORING,
+            "correct": "generated answer (greedy, KV cache) == gold, " + scoring,
             "gold_logprob": "sum of log p(gold answer token | prefix), teacher-forced, nats",
             "first_gold_prob": "p(first gold answer token | prompt)",
             "first_gold_rel_change_pct": "(p - p_baseline) / p_baseline x 100, same sample",
@@ -153,18 +165,10 @@ def manifest_for(loaded: LoadedModel, samples, settings, options: AblationOption
     }
 
 
-def run_parts(samples: list, parts: Path, work: Callable[[object], pd.DataFrame], progress: bool) -> None:
-    """`work(sample)` for every sample without a finished part; each part is written atomically, so a
-    killed run resumes without losing or duplicating finished samples."""
-    todo = [(k, s) for k, s in enumerate(samples) if not (parts / f"{k:07d}.parquet").exists()]
-    if len(todo) < len(samples):
-        print(f"resuming: {len(samples) - len(todo)} of {len(samples)} samples already done")
-    for k, sample in tqdm(todo, desc="samples", unit="sample", disable=not progress or len(samples) < 2):
-        table = work(sample)
-        # the sample's fingerprint first (the run-dir checks compare it), its rows last (they mark it done)
-        info = {"sample": sample.sample_id, "_fingerprint": sample_fingerprint(sample)}
-        write_json(parts / f"{k:07d}.json", info)
-        atomic_write(parts / f"{k:07d}.parquet", lambda p, table=table: table.to_parquet(p, index=False))
+def ablation_fingerprint(sample: Sample) -> str:
+    """What a finished part must match: the sample as `probe attention` sees it, and its gold answer (an
+    edited answers file changes every metric)."""
+    return fingerprint((sample_fingerprint(sample), sample.answer, sample.choices))
 
 
 def run_ablation(
@@ -184,17 +188,16 @@ def run_ablation(
     out_dir = Path(out_dir)
     fresh = not out_dir.exists()
     manifest = manifest_for(loaded, samples, settings, options)
-    parts = prepare_run_dir(out_dir, manifest, samples, overwrite)
+    parts = prepare_run_dir(out_dir, manifest, samples, overwrite, ablation_fingerprint)
     if parts is None:  # this exact run is finished: nothing to do
         print(f"{out_dir} already holds this finished run: nothing to do")
         return load_results(out_dir)[0]
     torch.manual_seed(options.seed)
-    try:
-        run_parts(samples, parts, lambda s: sample_rows(loaded, s, settings, options), progress)
-    except ProbeError:
-        if not any(parts.glob("*.parquet")):
-            shutil.rmtree(out_dir if fresh else parts, ignore_errors=True)
-        raise
+
+    def work(sample: Sample) -> tuple[dict, dict[str, pd.DataFrame]]:
+        return {"sample": sample.sample_id}, {".parquet": sample_rows(loaded, sample, settings, options)}
+
+    run_parts(out_dir, fresh, samples, parts, work, progress, ablation_fingerprint)
     results = pd.concat(
         [pd.read_parquet(parts / f"{k:07d}.parquet") for k in range(len(samples))], ignore_index=True
     )
@@ -206,7 +209,7 @@ def run_ablation(
 
 
 def setting_keys(results: pd.DataFrame) -> list[str]:
-    ignore = {"model", "sample", "answer", "generated", "baseline_correct"}
+    ignore = {"model", "sample", "answer", "generated", "baseline_correct", "scoring"}
     metrics = {"correct", "gold_logprob", "first_gold_prob", "first_gold_rel_change_pct", "kl_first_token"}
     return [c for c in results.columns if c not in ignore | metrics | {"tokens_processed"}]
 

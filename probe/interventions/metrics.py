@@ -9,9 +9,17 @@ import numpy as np
 import pandas as pd
 import torch
 
+EXACT_MATCH, OPTION_LETTER = "exact match", "option letter"
 SCORING = "normalised exact match (lower case, punctuation and articles a/an/the removed, spaces collapsed)"
+SCORINGS = {
+    EXACT_MATCH: SCORING,
+    OPTION_LETTER: "option letter (multiple choice): the letter the generated answer starts with ('B', "
+    "'(B)', 'b.', 'B) red', 'Answer: B'), or the option whose text it is exactly, vs the gold option's letter",
+}
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCT = str.maketrans("", "", string.punctuation)
+_LEADING_LETTER = re.compile(r"^[(\[]?\s*([A-Za-z])\s*(?:[)\].:,]|$)")
+_ANSWER_IS = re.compile(r"\banswer(?:\s+is)?\s*[:\-]?\s*[(\[]?([A-Z])\b", re.I)
 
 
 def normalise_answer(text: str) -> str:
@@ -20,8 +28,34 @@ def normalise_answer(text: str) -> str:
     return " ".join(text.split())
 
 
-def is_correct(generated: str, gold: str) -> bool:
+def predicted_letter(generated: str, choices: list[str]) -> str | None:
+    """The option a multiple-choice answer names: a leading letter ('(B)', 'b.', 'B) red', a bare 'B'),
+    'the answer is B', or the exact (normalised) text of one option; None if it names none of them."""
+    letters = [chr(ord("A") + k) for k in range(len(choices))]
+    text = str(generated).strip()
+    for pattern in (_LEADING_LETTER, _ANSWER_IS):
+        found = pattern.search(text)
+        if found and found.group(1).upper() in letters:
+            return found.group(1).upper()
+    named = [k for k, option in enumerate(choices) if normalise_answer(option) == normalise_answer(text)]
+    return letters[named[0]] if len(named) == 1 else None
+
+
+def is_correct(generated: str, gold: str, choices: list[str] | None = None) -> bool:
+    """Normalised exact match; with `choices`, the predicted option letter against the gold letter."""
+    if choices:
+        return predicted_letter(generated, choices) == str(gold).strip().upper()
     return normalise_answer(generated) == normalise_answer(gold)
+
+
+def scoring_description(kinds: list[str]) -> str:
+    """What the manifest says about scoring: the one rule used, or both when a dataset mixes them."""
+    used = sorted(set(kinds))
+    if len(used) == 1:
+        return SCORINGS[used[0]]
+    return "mixed, per sample (results' `scoring` column): " + "; ".join(
+        f"{kind}: {SCORINGS[kind]}" for kind in used
+    )
 
 
 def kl_divergence(base_logprobs: torch.Tensor, logprobs: torch.Tensor) -> float:

@@ -12,7 +12,7 @@ import math
 
 import torch
 
-from probe.engines.streaming import attention_rows
+from probe.engines.streaming import attention_rows, query_offset
 from probe.errors import ProbeError
 from probe.interventions.base import Intervention, Tokens
 
@@ -49,7 +49,10 @@ class Prune(Intervention):
         self, layer, module, query, key, attention_mask, scaling, tokens: Tokens
     ) -> torch.Tensor | None:
         last = int(tokens.last_prompt_position()[0])
-        if layer != self.layer - 1 or not key.shape[2] - query.shape[2] <= last < key.shape[2]:
+        if layer != self.layer - 1:
+            return None
+        offset = query_offset(module, attention_mask, query.shape[2], key.shape[2])
+        if not offset <= last < offset + query.shape[2]:
             return None  # only at layer K-1 of the forward that holds the prompt (prefill)
         row = attention_rows(module, query, key, attention_mask, [last], scaling)[0, 0].cpu()
         image = tokens.select("vision", tokens.length)[0]
