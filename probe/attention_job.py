@@ -375,25 +375,45 @@ def run_parts(
         raise
 
 
-def attention_work(loaded: LoadedModel, options: AttentionOptions, sample: Sample):
+def attention_work(loaded: LoadedModel, sample: Sample, options: AttentionOptions):
     """(info, {suffix: table}) of one sample: what `run_parts` / `store_parts` keep per sample."""
     result = probe_sample(loaded, sample, options)
     tables = {} if result.grid is None else {".grid.parquet": result.grid}
     return result.info, {**tables, ".parquet": result.table}
 
 
+Work = Callable[[LoadedModel, Sample], tuple[dict, dict[str, pd.DataFrame]]]
+
+
 def probe_shard(
-    reload: Callable[[], LoadedModel], items: list, options: AttentionOptions, parts: Path
+    reload: Callable[[], LoadedModel], items: list, work: Work, parts: Path, fingerprint_of
 ) -> None:
-    """A worker's share: load the model once, then probe and store each (k, sample)."""
+    """A worker's share: load the model once, then work on and store each (k, sample)."""
     loaded = reload()
     for k, sample in items:
-        info, tables = attention_work(loaded, options, sample)
-        store_parts(parts, k, info, tables, sample_fingerprint(sample))
+        info, tables = work(loaded, sample)
+        store_parts(parts, k, info, tables, fingerprint_of(sample))
 
 
-def shard_over_workers(loaded, reload, samples, options, parts: Path, executor, address, progress) -> None:
-    """The unfinished samples split over as many Ray tasks as the cluster runs at once (GPUs on CUDA)."""
+def compute_parts(
+    out_dir: Path,
+    fresh: bool,
+    samples: list[Sample],
+    parts: Path,
+    loaded: LoadedModel,
+    work: Work,
+    fingerprint_of: Callable[[Sample], str] = sample_fingerprint,
+    progress: bool = True,
+    executor: str = "local",
+    reload: Callable[[], LoadedModel] | None = None,
+    address: str | None = None,
+) -> None:
+    """Every unfinished sample's parts, here (`run_parts`) or, with `executor="ray"`, split over as many Ray
+    tasks as the cluster runs at once (its GPUs on CUDA), each loading the model once with `reload()`.
+    `work` must be picklable for Ray: a module-level function or a `functools.partial` of one."""
+    if executor == "local":
+        run_parts(out_dir, fresh, samples, parts, partial(work, loaded), progress, fingerprint_of)
+        return
     from probe.executors import ray_worker_count, run_tasks
 
     if reload is None:
@@ -403,8 +423,13 @@ def shard_over_workers(loaded, reload, samples, options, parts: Path, executor, 
         return
     gpus = 1.0 if next(loaded.model.parameters()).device.type == "cuda" else 0.0
     n = min(len(todo), ray_worker_count(gpus, address)) if executor == "ray" else 1
-    shards = [(reload, todo[i::n], options, parts) for i in range(n)]
-    run_tasks(probe_shard, shards, executor, address, gpus=gpus, progress=progress, desc="shards")
+    shards = [(reload, todo[i::n], work, parts, fingerprint_of) for i in range(n)]
+    try:
+        run_tasks(probe_shard, shards, executor, address, gpus=gpus, progress=progress, desc="shards")
+    except ProbeError:
+        if not any(_part(parts, k).exists() for k in range(len(samples))):
+            shutil.rmtree(out_dir if fresh else parts, ignore_errors=True)  # nothing done: leave nothing
+        raise
 
 
 def run_attention(
@@ -444,15 +469,19 @@ def run_attention(
             f"{out_dir} already holds this finished run ({len(samples)} sample(s), same settings): nothing to do"
         )
         return read_table(out_dir, "attention")
-    if executor == "local":
-        run_parts(out_dir, fresh, samples, parts, partial(attention_work, loaded, options), progress)
-    else:
-        try:
-            shard_over_workers(loaded, reload, samples, options, parts, executor, address, progress)
-        except ProbeError:
-            if not any(_part(parts, k).exists() for k in range(len(samples))):
-                shutil.rmtree(out_dir if fresh else parts, ignore_errors=True)  # nothing done: leave nothing
-            raise
+    work = partial(attention_work, options=options)
+    compute_parts(
+        out_dir,
+        fresh,
+        samples,
+        parts,
+        loaded,
+        work,
+        progress=progress,
+        executor=executor,
+        reload=reload,
+        address=address,
+    )
     table = pd.concat(
         [pd.read_parquet(parts / f"{k:07d}.parquet") for k in range(len(samples))], ignore_index=True
     )

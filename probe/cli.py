@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import signal
 import sys
+from functools import partial
 from pathlib import Path
 
 import click
@@ -99,6 +100,19 @@ def _dataset_source(options: dict):
     )
 
 
+# Per-sample commands: shard the samples over Ray workers (probe.executors); the tables equal a local run's.
+EXECUTOR_OPTION = click.option(
+    "--executor",
+    type=click.Choice(["local", "ray"]),
+    default="local",
+    show_default=True,
+    help="ray: shard the samples over Ray workers (one GPU each on CUDA), merged into the same tables.",
+)
+ADDRESS_OPTION = click.option(
+    "--address", help="Ray cluster address for --executor ray (default: local Ray)."
+)
+
+
 @cli.command("attention")
 @click.option(
     "--model", "model_name", required=True, help="Zoo name (see `probe models`), hub id or local directory."
@@ -158,14 +172,8 @@ def _dataset_source(options: dict):
 )
 @TEMPLATE_OPTION
 @click.option("--seed", default=0, show_default=True, type=int)
-@click.option(
-    "--executor",
-    type=click.Choice(["local", "ray"]),
-    default="local",
-    show_default=True,
-    help="ray: shard the samples over Ray workers (one GPU each on CUDA), merged into the same tables.",
-)
-@click.option("--address", help="Ray cluster address for --executor ray (default: local Ray).")
+@EXECUTOR_OPTION
+@ADDRESS_OPTION
 def attention_command(
     model_name,
     images,
@@ -190,8 +198,6 @@ def attention_command(
     **source_options,
 ) -> None:
     """Per-layer attention mass and entropy on vision / instruction / response tokens (paper Figs. 2-3)."""
-    from functools import partial
-
     from probe.attention_job import AttentionOptions, check_grid_options, run_attention
     from probe.engines import get_engine
     from probe.grid import parse_grid_queries
@@ -246,7 +252,7 @@ def attention_command(
         limit=limit,
         command=command_line(),
         executor=executor,
-        reload=partial(load, model_name, device=device, dtype=dtype, attn=attn),
+        reload=partial(load, model_name, device=device, dtype=dtype, attn=attn, template=template),
         address=address,
     )
     layers = ", ".join(
@@ -537,6 +543,8 @@ def _ablation_options(command):
             ),
             TEMPLATE_OPTION,
             click.option("--seed", default=0, show_default=True, type=int, help="Seed of the bootstrap."),
+            EXECUTOR_OPTION,
+            ADDRESS_OPTION,
         ]
     ):
         command = option(command)
@@ -588,6 +596,16 @@ def _run_ablation(command, model_name, dataset, limit, make_settings, spec, comm
         dataset=dataset,
         limit=limit,
         command=command_line(),
+        executor=common["executor"],
+        reload=partial(
+            load,
+            model_name,
+            device=common["device"],
+            dtype=common["dtype"],
+            attn=common["attn"],
+            template=template,
+        ),
+        address=common["address"],
     )
     click.echo(
         f"wrote {len(results)} rows ({len(samples)} sample(s) x {len(settings) + 1} settings incl. baseline) to {out}/"

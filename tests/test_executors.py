@@ -10,8 +10,16 @@ import pytest
 from PIL import Image
 
 
-def test_attention_on_ray_equals_the_local_run(tmp_path, tiny_llava):
+@pytest.fixture(scope="module")
+def ray_session():
+    """One local Ray instance (2 CPUs) for the module: starting one costs seconds."""
     ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+def test_attention_on_ray_equals_the_local_run(tmp_path, tiny_llava, ray_session):
     import probe
     from probe.attention_job import AttentionOptions, run_attention
     from probe.inputs import read_dataset
@@ -27,19 +35,15 @@ def test_attention_on_ray_equals_the_local_run(tmp_path, tiny_llava):
     samples = read_dataset(tmp_path / "q.jsonl")
     options = AttentionOptions(response_from="response", grid_queries="last")
     local = run_attention(tiny_llava, samples, tmp_path / "local", options, progress=False)
-    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
-    try:
-        sharded = run_attention(
-            tiny_llava,
-            samples,
-            tmp_path / "ray",
-            options,
-            progress=False,
-            executor="ray",
-            reload=partial(probe.load, "tiny-llava", device="cpu"),
-        )
-    finally:
-        ray.shutdown()
+    sharded = run_attention(
+        tiny_llava,
+        samples,
+        tmp_path / "ray",
+        options,
+        progress=False,
+        executor="ray",
+        reload=partial(probe.load, "tiny-llava", device="cpu"),
+    )
     # every sample has its parts, written by the Ray workers (this process only merged them)
     assert sorted(p.name for p in (tmp_path / "ray" / ".parts").glob("*[0-9].parquet")) == [
         f"{k:07d}.parquet" for k in range(4)
@@ -50,3 +54,21 @@ def test_attention_on_ray_equals_the_local_run(tmp_path, tiny_llava):
             pd.read_parquet(tmp_path / "local" / f"{name}.parquet"),
             pd.read_parquet(tmp_path / "ray" / f"{name}.parquet"),
         )
+
+
+def test_drop_on_ray_equals_the_local_run(tmp_path, capsys, ray_session):
+    from probe.organism.data import ensure_split
+    from tests.conftest import invoke
+
+    common = ["--model", "organism-llava", "--dataset", str(ensure_split("test")), "--limit", "3"]
+    common += ["--layers", "0-1,2-5", "--max-new-tokens", "2", "--device", "cpu"]
+    for name, extra in (("local", []), ("ray", ["--executor", "ray"])):
+        code, _, err = invoke(capsys, "drop", *common, "--out", str(tmp_path / name), *extra)
+        assert code == 0, err
+    local = pd.read_parquet(tmp_path / "local" / "results.parquet")
+    sharded = pd.read_parquet(tmp_path / "ray" / "results.parquet")
+    assert len(local) == 3 * 3  # samples x (baseline + 2 windows)
+    # a worker runs with its own thread count: float sums round differently in the last bits
+    pd.testing.assert_frame_equal(local, sharded, check_exact=False, rtol=1e-4)
+    for column in ("sample", "generated", "correct", "tokens_processed"):
+        assert local[column].tolist() == sharded[column].tolist()

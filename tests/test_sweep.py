@@ -247,3 +247,19 @@ def test_sweep_figures_show_the_table(straight):
     bars = plot_query_vs_pool(cells).axes[0].containers
     heights = [[b.get_height() for b in c.patches] for c in bars if hasattr(c, "patches")]
     assert heights == [[0.4], [0.3]]  # only (C=1, N=0) ran both kinds
+
+
+def test_report_draws_a_sweep(straight, tmp_path, capsys):
+    pdfium = pytest.importorskip("pypdfium2")
+    pdf = tmp_path / "sweep.pdf"
+    code, out, err = invoke(capsys, "report", str(straight), "-o", str(pdf))
+    assert code == 0, err
+    # title page, accuracy vs FLOPs, the query and pool grids (no (C, N) ran both kinds: no Table 8 figure),
+    # the cells table
+    document = pdfium.PdfDocument(str(pdf))
+    assert len(document) == 5 and "(3 figures, 1 tables)" in out
+    text = "\n".join(document[i].get_textpage().get_text_range() for i in range(len(document)))
+    document.close()
+    assert "paper Table 8" not in text and "4 eval questions" in text
+    for cell in ("base", "query-C1-N1", "query-C2-N1", "pool-C2-N0"):
+        assert cell in text

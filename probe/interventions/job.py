@@ -14,13 +14,15 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import pandas as pd
 import torch
 
-from probe.attention_job import PARTS, fingerprint, prepare_run_dir, run_parts, sample_fingerprint
+from probe.attention_job import PARTS, compute_parts, fingerprint, prepare_run_dir, sample_fingerprint
 from probe.errors import ProbeError
 from probe.inputs import Sample
 from probe.interventions.base import Baseline, Intervention
@@ -171,6 +173,11 @@ def ablation_fingerprint(sample: Sample) -> str:
     return fingerprint((sample_fingerprint(sample), sample.answer, sample.choices))
 
 
+def ablation_work(loaded: LoadedModel, sample: Sample, settings: list[Intervention], options) -> tuple:
+    """(info, {suffix: table}) of one sample: its rows for the baseline and every setting."""
+    return {"sample": sample.sample_id}, {".parquet": sample_rows(loaded, sample, settings, options)}
+
+
 def run_ablation(
     loaded: LoadedModel,
     samples: list[Sample],
@@ -182,8 +189,12 @@ def run_ablation(
     dataset: Path | None = None,
     limit: int | None = None,
     command: str | None = None,
+    executor: str = "local",
+    reload: Callable[[], LoadedModel] | None = None,
+    address: str | None = None,
 ) -> pd.DataFrame:
-    """`dataset`, `limit` and `command` (the command line) are recorded in the manifest's provenance."""
+    """`dataset`, `limit` and `command` (the command line) are recorded in the manifest's provenance.
+    `executor="ray"` shards the samples over Ray workers, each loading the model with `reload()`."""
     check_settings(loaded, samples, settings)
     out_dir = Path(out_dir)
     fresh = not out_dir.exists()
@@ -194,10 +205,20 @@ def run_ablation(
         return load_results(out_dir)[0]
     torch.manual_seed(options.seed)
 
-    def work(sample: Sample) -> tuple[dict, dict[str, pd.DataFrame]]:
-        return {"sample": sample.sample_id}, {".parquet": sample_rows(loaded, sample, settings, options)}
-
-    run_parts(out_dir, fresh, samples, parts, work, progress, ablation_fingerprint)
+    work = partial(ablation_work, settings=settings, options=options)
+    compute_parts(
+        out_dir,
+        fresh,
+        samples,
+        parts,
+        loaded,
+        work,
+        ablation_fingerprint,
+        progress,
+        executor=executor,
+        reload=reload,
+        address=address,
+    )
     results = pd.concat(
         [pd.read_parquet(parts / f"{k:07d}.parquet") for k in range(len(samples))], ignore_index=True
     )

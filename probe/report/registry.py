@@ -1,9 +1,9 @@
 """Run types a report can show: manifest `command` -> the function that turns such runs into pages.
 
-To add a run type (e.g. `probe sweep`), register one function in any module imported by `sections.py`:
+To add a run type, register one function in a module that `registered()` imports (as `sweep.py` does):
 
-    @register("sweep", needs=("cells.parquet",))
-    def sweep_pages(runs: list[Run]) -> list[FigureItem | TableItem]:
+    @register("my-command", needs=("rows.parquet",))
+    def my_pages(runs: list[Run]) -> list[FigureItem | TableItem]:
         ...
 
 `needs` lists the files every run of that type must hold; they are checked before any page is drawn.
@@ -98,6 +98,7 @@ def register(command: str, needs: tuple[str, ...] = ()) -> Callable:
 
 def registered() -> dict[str, RunType]:
     import probe.report.sections  # noqa: F401  (registers the built-in run types)
+    import probe.report.sweep  # noqa: F401
 
     return REGISTRY
 

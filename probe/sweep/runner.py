@@ -232,17 +232,24 @@ def run_sweep(
     from probe.sweep.figures import save_figures
 
     figures = save_figures(table, out)
+    from probe.zoo import resolve
+
+    source = resolve(config.base).source
+    provenance = run_provenance(source, None, probe_home(), dataset=config.eval_data, command=command)
+    provenance["train_dataset"] = run_provenance(source, None, probe_home(), dataset=config.train_data)[
+        "dataset"
+    ]
     manifest = {
         "command": "sweep",
+        "model": {"name": config.base, "source": source},
+        "n_samples": int(table["n_eval"].max()),
         "config": json.loads(json.dumps(config.source, default=str)),
         "settings": json.loads(json.dumps(config.settings(), default=str)),
         "executor": executor,
         "cells": [c.name for c in cells],
         "figures": figures,
         "versions": versions(),
-        "provenance": run_provenance(
-            config.base, None, probe_home(), dataset=config.train_data, command=command
-        ),
+        "provenance": provenance,
     }
     write_json(out / "manifest.json", manifest)
     return table
