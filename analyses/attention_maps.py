@@ -280,9 +280,14 @@ def role_spans(roles: Sequence[str]) -> list[tuple[str, int, int]]:
     return spans
 
 
-def token_matrix(table: pd.DataFrame, layer: int) -> tuple[np.ndarray, list[str]]:
-    """(matrix [N, N] with NaN where a key is not visible to the query, role of every position)."""
+def token_matrix(table: pd.DataFrame, layer: int, head: int | None = None) -> tuple[np.ndarray, list[str]]:
+    """(matrix [N, N] with NaN where a key is not visible to the query, role of every position) of the
+    head-averaged map (`head` None) or one head's."""
     rows = table[table["layer"] == layer]
+    if "head" in rows.columns:
+        rows = rows[rows["head"].isna()] if head is None else rows[rows["head"] == head]
+        if rows.empty:
+            raise ValueError(f"no map of head {head} at layer {layer} (per-head maps need per_head=True)")
     if rows.empty:
         check_layers([layer], set(table["layer"]))
     n = int(rows["query"].max()) + 1
@@ -293,13 +298,18 @@ def token_matrix(table: pd.DataFrame, layer: int) -> tuple[np.ndarray, list[str]
 
 
 def plot_token_map(
-    table: pd.DataFrame, layers: Sequence[int] | None = None, dynamic_range: float = 1e4, title: str = ""
+    table: pd.DataFrame,
+    layers: Sequence[int] | None = None,
+    dynamic_range: float = 1e4,
+    title: str = "",
+    head: int | None = None,
 ) -> plt.Figure:
-    """Head-averaged attention query x key of one sample, one panel per layer, one shared log colour scale
-    (spanning max / dynamic_range .. max), role boundaries drawn as lines and named on the axes."""
+    """Attention query x key of one sample (heads averaged, or one `head` of a per-head table), one panel
+    per layer, one shared log colour scale (spanning max / dynamic_range .. max), role boundaries drawn as
+    lines and named on the axes."""
     layers = sorted(set(table["layer"])) if layers is None else [int(x) for x in layers]
     check_layers(layers, set(table["layer"]))
-    matrices = {layer: token_matrix(table, layer) for layer in layers}
+    matrices = {layer: token_matrix(table, layer, head) for layer in layers}
     values = np.concatenate([m[np.isfinite(m) & (m > 0)] for m, _ in matrices.values()])
     vmax = float(values.max()) if values.size else 1.0
     norm = LogNorm(vmin=vmax / dynamic_range, vmax=vmax)
@@ -327,5 +337,6 @@ def plot_token_map(
     axes[0][0].set_ylabel("query (target) token", fontsize=8)
     fig.colorbar(mappable, ax=axes.ravel().tolist(), shrink=0.85, label="attention weight (log scale)")
     sample = str(table["sample"].iloc[0]) if "sample" in table.columns else ""
-    fig.suptitle(title or f"sample {sample}: token x token attention (heads averaged)", fontsize=10)
+    which = "heads averaged" if head is None else f"head {head}"
+    fig.suptitle(title or f"sample {sample}: token x token attention ({which})", fontsize=10)
     return fig

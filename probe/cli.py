@@ -768,9 +768,12 @@ def report_command(run_dirs, out, title) -> None:
 @click.option("--max-new-tokens", default=8, show_default=True, type=int, help="Answer length (drop runs).")
 @click.option("--compare", multiple=True, help="Another model for the efficiency figures; repeatable.")
 @click.option("--sweep", type=click.Path(path_type=Path), help="A `probe sweep` run directory to include.")
+@click.option("--per-head", is_flag=True, help="Also draw every head's token x token map (Fig. 4 per head).")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--dtype", default="auto", show_default=True)
-def paper_command(model_name, out, dataset, n_samples, max_new_tokens, compare, sweep, device, dtype) -> None:
+def paper_command(
+    model_name, out, dataset, n_samples, max_new_tokens, compare, sweep, per_head, device, dtype
+) -> None:
     """Every analysis of the paper's Sections 3 and 6 that applies to MODEL, then OUT/report.pdf."""
     from probe.paper import PaperOptions, check_paper_inputs, run_paper
     from probe.provenance import command_line
@@ -783,6 +786,7 @@ def paper_command(model_name, out, dataset, n_samples, max_new_tokens, compare, 
         max_new_tokens=max_new_tokens,
         compare=list(compare),
         sweep=sweep,
+        per_head=per_head,
         device=device,
         dtype=dtype,
         command=command_line(),

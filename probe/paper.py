@@ -34,6 +34,7 @@ class PaperOptions:
     max_new_tokens: int = 8  # answer length of the drop runs
     compare: list[str] = field(default_factory=list)  # more models for the efficiency figures
     sweep: Path | None = None
+    per_head: bool = False  # the token x token map of every head too (Fig. 4 per head)
     device: str = "cpu"
     dtype: str = "auto"
     progress: bool = True
@@ -99,7 +100,9 @@ def run_paper(options: PaperOptions) -> Path:
     runs.append(out / "attention")
 
     _step("token x token attention of the first sample")
-    save_token_map_run(loaded, samples[0], out / "token-map", command=options.command)
+    save_token_map_run(
+        loaded, samples[0], out / "token-map", command=options.command, per_head=options.per_head
+    )
     runs.append(out / "token-map")
 
     for stage in ("llm", "prefusion") if mini else ("llm",):

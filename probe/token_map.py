@@ -3,8 +3,9 @@
 No other run keeps whole attention matrices (the statistics engines never build them), so this is a
 separate, small job: one eager forward of one sample (`output_attentions`, the reference path of the
 eager engine), head-averaged, the causal lower triangle of the chosen LLM layers kept as a tidy table.
-A directory written by `save_token_map_run` holds token_map.parquet (one row per layer x query x key with
-key <= query: weight = head-averaged probability, query_role / key_role = fine roles) and manifest.json
+A directory written by `save_token_map_run` holds token_map.parquet (one row per layer [x head] x query x
+key with key <= query: weight = head-averaged probability (`head` empty) or one head's, query_role /
+key_role = fine roles) and manifest.json
 (command 'token-map'); `probe paper` writes one and `probe report` draws it.
 """
 
@@ -25,9 +26,12 @@ TABLE = "token_map.parquet"
 
 
 @torch.no_grad()
-def token_map_table(loaded: LoadedModel, sample: Sample, layers: Sequence[int] | None = None) -> pd.DataFrame:
+def token_map_table(
+    loaded: LoadedModel, sample: Sample, layers: Sequence[int] | None = None, per_head: bool = False
+) -> pd.DataFrame:
     """Head-averaged attention of every query onto every visible key at `layers` (default: first, last and
-    two between) of the LLM stage, as a tidy table."""
+    two between) of the LLM stage, as a tidy table (`head` empty). `per_head` adds every head's own map
+    (`head` = its index): paper Fig. 4 averages heads, which can hide a head that looks elsewhere."""
     from analyses.attention_maps import pick_layers
     from probe.engines.eager import eager_attentions
 
@@ -46,20 +50,23 @@ def token_map_table(loaded: LoadedModel, sample: Sample, layers: Sequence[int] |
     query, key = np.tril_indices(n)
     parts = []
     for layer in layers:
-        matrix = attentions[layer][0].float().mean(0).cpu().numpy()  # [N, N], heads averaged
-        parts.append(
-            pd.DataFrame(
-                {
-                    "sample": sample.sample_id,
-                    "layer": layer,
-                    "query": query,
-                    "key": key,
-                    "query_role": labels[query],
-                    "key_role": labels[key],
-                    "weight": matrix[query, key],
-                }
+        probs = attentions[layer][0].float().cpu().numpy()  # [heads, N, N]
+        maps = [(None, probs.mean(0))] + (list(enumerate(probs)) if per_head else [])
+        for head, matrix in maps:
+            parts.append(
+                pd.DataFrame(
+                    {
+                        "sample": sample.sample_id,
+                        "layer": layer,
+                        "head": pd.array([head] * len(query), dtype="Int64"),
+                        "query": query,
+                        "key": key,
+                        "query_role": labels[query],
+                        "key_role": labels[key],
+                        "weight": matrix[query, key],
+                    }
+                )
             )
-        )
     table = pd.concat(parts, ignore_index=True)
     for column in ("query_role", "key_role"):
         table[column] = table[column].astype("category")
@@ -72,6 +79,7 @@ def save_token_map_run(
     out_dir: Path,
     layers: Sequence[int] | None = None,
     command: str | None = None,
+    per_head: bool = False,
 ) -> Path:
     """token_map.parquet + manifest.json (last) in `out_dir`, each written atomically. No CSV: a dense
     matrix as text is of no use."""
@@ -79,7 +87,7 @@ def save_token_map_run(
     from probe.results import atomic_write, versions, write_json
     from probe.zoo import probe_home
 
-    table = token_map_table(loaded, sample, layers)
+    table = token_map_table(loaded, sample, layers, per_head)
     out_dir = Path(out_dir)
     atomic_write(out_dir / TABLE, lambda p: table.to_parquet(p, index=False))
     manifest = {
@@ -91,7 +99,9 @@ def save_token_map_run(
         "response": sample.response,
         "layers": sorted(int(x) for x in set(table["layer"])),
         "n_samples": 1,
-        "weight": "head-averaged attention probability from query to key (eager forward), lower triangle",
+        "weight": "attention probability from query to key (eager forward), lower triangle; head empty = "
+        "averaged over heads, else that head's own",
+        "per_head": per_head,
         "layer_index": "0-based",
         "versions": versions(),
         "provenance": run_provenance(loaded.source, loaded.revision, probe_home(), command=command),

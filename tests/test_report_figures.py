@@ -226,3 +226,34 @@ def test_compression_map_redrawn_from_a_saved_run(tmp_path):
     assert [ax.get_title() for ax in axes] == ["image", "query 0 (max 0.400)", "query 1 (max 0.700)"]
     assert np.allclose(axes[2].images[1].get_array(), weights[0, 1].numpy())
     plt.close(fig)
+
+
+def test_per_head_token_maps_are_each_heads_own_attention(tiny_llava):
+    """Per-head rows against the model's own eager `output_attentions` (an independent forward): a swapped
+    head index, a transposed matrix or an average in place of a head would show."""
+    import torch
+
+    from probe.inputs import make_sample
+    from probe.token_map import token_map_table
+
+    sample = make_sample("<image> What colour is it?", ["skimage:coffee"], response="brown")
+    table = token_map_table(tiny_llava, sample, layers=[1], per_head=True)
+    adapter = tiny_llava.adapter
+    prepared = adapter.prepare(sample)
+    with torch.no_grad(), adapter.attention_implementation("eager"):
+        out = tiny_llava.model(**prepared.inputs, output_attentions=True)
+    reference = out.attentions[1][0].float()  # [heads, N, N]
+    n_heads = reference.shape[0]
+    assert sorted(table["head"].dropna().unique()) == list(range(n_heads))
+    query, key = np.tril_indices(reference.shape[-1])
+    for head in (0, n_heads - 1):
+        rows = table[table["head"] == head].sort_values(["query", "key"])
+        np.testing.assert_allclose(rows["weight"], reference[head][query, key].numpy(), atol=1e-6)
+    averaged = table[table["head"].isna()].sort_values(["query", "key"])
+    np.testing.assert_allclose(averaged["weight"], reference.mean(0)[query, key].numpy(), atol=1e-6)
+    from analyses.attention_maps import plot_token_map
+
+    fig = plot_token_map(table, head=n_heads - 1)
+    shown = fig.axes[0].images[0].get_array().data
+    np.testing.assert_allclose(shown[query, key], reference[n_heads - 1][query, key].numpy(), atol=1e-6)
+    plt.close(fig)

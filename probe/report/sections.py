@@ -185,4 +185,18 @@ def token_map_pages(runs: list[Run]) -> list[Item]:
             f"(causal mask) white; red lines are role boundaries, in order: {roles}."
         )
         items.append(FigureItem(figure, caption))
+        heads = sorted(int(h) for h in table["head"].dropna().unique()) if "head" in table.columns else []
+        for head in heads:
+            figure = plot_token_map(
+                table,
+                head=head,
+                title=f"{label}: token x token attention, head {head}, sample {run.manifest.get('sample')}",
+            )
+            items.append(
+                FigureItem(
+                    figure,
+                    f"Head {head} alone (the head-averaged map above averages it with the others): attention "
+                    f"probability query x key, same sample, layers and scale convention.",
+                )
+            )
     return items
