@@ -263,3 +263,19 @@ def test_report_draws_a_sweep(straight, tmp_path, capsys):
     assert "paper Table 8" not in text and "4 eval questions" in text
     for cell in ("base", "query-C1-N1", "query-C2-N1", "pool-C2-N0"):
         assert cell in text
+
+
+def test_resuming_under_other_code_says_which_cells_continue(micro, straight, tmp_path, capsys):
+    import shutil
+
+    from probe.sweep.config import Cell
+    from probe.sweep.runner import CODE_FILE, warn_code_changed
+
+    out = tmp_path / "copy"
+    shutil.copytree(straight, out)
+    warn_code_changed(out, [Cell("query", 2, 1)])
+    assert capsys.readouterr().err == ""  # same code: nothing to say
+    (out / CODE_FILE).write_text(json.dumps({"probe": "0.0.1", "git": None}))
+    warn_code_changed(out, [Cell("query", 2, 1)])
+    err = capsys.readouterr().err
+    assert err.startswith("note: ") and "query-C2-N1 resume from checkpoints the older code wrote" in err

@@ -60,6 +60,35 @@ def prepare_sweep_dir(out: Path, config: SweepConfig) -> None:
     write_json(path, settings)
 
 
+CODE_FILE = "code.json"
+
+
+def code_identity() -> dict:
+    from probe import __version__
+    from probe.provenance import git_commit
+
+    return {"probe": __version__, "git": git_commit()}
+
+
+def warn_code_changed(out: Path, in_flight: list[Cell]) -> None:
+    """Resume keys on the sweep's settings, not on probe's code: say so when cells in flight continue from
+    checkpoints an older probe wrote (a fix since then would not reach their first steps)."""
+    from probe.notes import note
+
+    path = Path(out) / CODE_FILE
+    now = code_identity()
+    if not path.is_file():
+        write_json(path, now)
+        return
+    then = json.loads(path.read_text())
+    if then != now and in_flight:
+        names = ", ".join(c.name for c in in_flight)
+        note(
+            f"this sweep was started with probe {then} and continues with {now}: {names} resume from "
+            "checkpoints the older code wrote (delete their cells/ directories to retrain them)"
+        )
+
+
 def blank_image(eval_samples, out: Path) -> Path:
     """A flat picture in the first eval image's most frequent colour (its background) and size."""
     path = Path(out) / "blank.png"
@@ -217,6 +246,7 @@ def run_sweep(
     prepare_sweep_dir(out, config)
     cells = planned_cells(config)
     todo = [c for c in cells if not (cell_dir(out, c) / "result.json").is_file()]
+    warn_code_changed(out, [c for c in todo if (cell_dir(out, c) / "train").is_dir()])
     if len(todo) < len(cells):
         print(f"resuming: {len(cells) - len(todo)} of {len(cells)} cells already done")
     # a cell's own bars (steps, questions) only where they can be seen: in this process
