@@ -279,3 +279,30 @@ def test_resuming_under_other_code_says_which_cells_continue(micro, straight, tm
     warn_code_changed(out, [Cell("query", 2, 1)])
     err = capsys.readouterr().err
     assert err.startswith("note: ") and "query-C2-N1 resume from checkpoints the older code wrote" in err
+
+
+def test_distillation_trains_end_to_end_with_a_frozen_teacher(micro, tmp_path):
+    """loss 'both' with the LLM training runs end to end (CE + KL on aligned answer tokens; the teacher is
+    then a second copy of the base, which the student's shared modules do not touch)."""
+    from safetensors.torch import load_file
+
+    from probe.sweep.config import Cell, read_config
+    from probe.sweep.runner import run_cell
+
+    config = read_config(
+        write_config(
+            micro, "distill.yaml", train={"steps": 2, "loss": "both", "trainable": ["llm", "compressor"]}
+        )
+    )
+    row = run_cell(config, Cell("query", 1, 0), tmp_path, threads=1, progress=False)
+    losses = [
+        json.loads(line)["loss"]
+        for line in (tmp_path / "cells" / "query-C1-N0" / "train" / "log.jsonl").open()
+    ]
+    assert len(losses) == 2 and all(np.isfinite(losses)) and row["train_steps"] == 2
+    # the LLM trained (its weights moved away from the base's), so the teacher had to be a separate copy
+    base = load_file(str(micro / "base" / "model.safetensors"))
+    student = load_file(str(tmp_path / "cells" / "query-C1-N0" / "model" / "model.safetensors"))
+    base_norm = [v for k, v in base.items() if k.endswith("layers.0.self_attn.q_proj.weight")][0]
+    student_norm = [v for k, v in student.items() if k.endswith("layers.0.self_attn.q_proj.weight")]
+    assert student_norm and not torch.equal(student_norm[-1], base_norm)
