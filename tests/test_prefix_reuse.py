@@ -103,3 +103,25 @@ def test_static_cache_steps_get_the_same_edit(planted):
     baseline, _ = forward_logits(adapter, adapter.prepare(sample, response_ids=gold), BASELINE)
     assert (expected - baseline[n - 1 : n - 1 + len(gold)]).abs().max() > 1e-3  # the edit matters
     torch.testing.assert_close(torch.stack(steps).double(), expected, atol=1e-4, rtol=0)
+
+
+def test_llava_mini_text_is_not_continued_unfused(probe_home):
+    """LLaVA-Mini's prompt text enters its LLM pre-fused with the image: a setting on its LLM must give
+    what a full re-run gives (a continuation from the baseline cache with plain text ids would not)."""
+    import probe
+
+    loaded = probe.load("organism-llava-mini", device="cpu", dtype="float32")
+    adapter = loaded.adapter
+    from probe.inputs import read_dataset
+    from probe.organism.data import ensure_split
+
+    sample = read_dataset(ensure_split("test"))[0]
+    gold = adapter.encode_response(sample.answer)
+    intervention = DropVision([4])
+    base = run_sample(adapter, sample, BASELINE, gold, max_new_tokens=2, keep_cache=True)
+    full = run_sample(adapter, sample, intervention, gold, max_new_tokens=2)
+    reused = run_sample(
+        adapter, sample, intervention, gold, max_new_tokens=2, baseline_cache=base.prompt_cache
+    )
+    torch.testing.assert_close(reused.first_logprobs, full.first_logprobs, atol=1e-5, rtol=0)
+    assert reused.generated == full.generated

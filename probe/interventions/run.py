@@ -141,6 +141,8 @@ def run_prepared(
     reused = shared_prefix(intervention, tokens) if baseline_cache is not None else 0
     if reused and _holds_image_tokens(adapter, inputs["input_ids"][0, reused - tokens.length :]):
         reused = 0  # a continuation carries no pixels
+    if reused and _fuses_text(adapter):
+        reused = 0  # LLaVA-Mini's prompt text enters the LLM pre-fused with the image: a plain-id continuation would skip that
     with intervening(adapter, intervention, tokens, reference) as state:
         if reused:
             cache = copy.deepcopy(baseline_cache)
@@ -172,6 +174,11 @@ def run_prepared(
                 cache = cache_of(step)
                 token = int(step.logits[0, -1].argmax())
     return Outcome(first, gold_logprob, generated, processed, kept)
+
+
+def _fuses_text(adapter: Adapter) -> bool:
+    """Whether the prompt's text tokens reach the LLM through a pre-fusion stage (LLaVA-Mini, N_fusion > 0)."""
+    return "prefusion" in adapter.stages and adapter.num_layers("prefusion") > 0
 
 
 def _holds_image_tokens(adapter: Adapter, ids: torch.Tensor) -> bool:
