@@ -290,7 +290,7 @@ def prepare_run_dir(
 ) -> Path | None:
     """Check the run directory; return its parts folder (finished samples of the same settings kept), or
     None when it already holds this exact finished run (nothing to do). `fingerprint_of`: what of a
-    sample a finished part must match (`run_parts` records it).
+    sample a finished part must match (`store_parts` records it).
 
     Refusals name what differs. A finished run keeps `.parts/`, so rerunning with a larger --limit
     computes only the new samples.
@@ -347,36 +347,8 @@ def store_parts(parts: Path, k: int, info: dict, tables: dict[str, pd.DataFrame]
         atomic_write(_part(parts, k, suffix), lambda p, table=table: table.to_parquet(p, index=False))
 
 
-def run_parts(
-    out_dir: Path,
-    fresh: bool,
-    samples: list[Sample],
-    parts: Path,
-    work: Callable[[Sample], tuple[dict, dict[str, pd.DataFrame]]],
-    progress: bool = True,
-    fingerprint_of: Callable[[Sample], str] = sample_fingerprint,
-) -> None:
-    """`work(sample)` -> (info, {suffix: table}) for every sample without a finished part, with progress.
-
-    Per sample, `.parts/` gets its info (.json, with the sample's fingerprint) first and its tables in the
-    order given, the main `.parquet` last: its presence marks the sample done, so a killed run resumes
-    without losing or duplicating finished samples. A ProbeError before any sample is done leaves no trace
-    of the run (no new directory)."""
-    todo = [(k, s) for k, s in enumerate(samples) if not _part(parts, k).exists()]
-    if len(todo) < len(samples):
-        print(f"resuming: {len(samples) - len(todo)} of {len(samples)} samples already done")
-    try:
-        for k, sample in tqdm(todo, desc="samples", unit="sample", disable=not progress or len(samples) < 2):
-            info, tables = work(sample)
-            store_parts(parts, k, info, tables, fingerprint_of(sample))
-    except ProbeError:
-        if not any(_part(parts, k).exists() for k in range(len(samples))):
-            shutil.rmtree(out_dir if fresh else parts, ignore_errors=True)  # nothing done: leave nothing
-        raise
-
-
 def attention_work(loaded: LoadedModel, sample: Sample, options: AttentionOptions):
-    """(info, {suffix: table}) of one sample: what `run_parts` / `store_parts` keep per sample."""
+    """(info, {suffix: table}) of one sample: what `store_parts` keeps per sample."""
     result = probe_sample(loaded, sample, options)
     tables = {} if result.grid is None else {".grid.parquet": result.grid}
     return result.info, {**tables, ".parquet": result.table}
@@ -408,24 +380,30 @@ def compute_parts(
     reload: Callable[[], LoadedModel] | None = None,
     address: str | None = None,
 ) -> None:
-    """Every unfinished sample's parts, here (`run_parts`) or, with `executor="ray"`, split over as many Ray
-    tasks as the cluster runs at once (its GPUs on CUDA), each loading the model once with `reload()`.
-    `work` must be picklable for Ray: a module-level function or a `functools.partial` of one."""
-    if executor == "local":
-        run_parts(out_dir, fresh, samples, parts, partial(work, loaded), progress, fingerprint_of)
-        return
-    from probe.executors import ray_worker_count, run_tasks
-
-    if reload is None:
+    """`work(loaded, sample)` -> (info, {suffix: table}) for every sample without a finished part, stored by
+    `store_parts` (the main `.parquet` last: its presence marks the sample done, so a killed run resumes
+    without losing or duplicating finished samples). Here, with progress, or with `executor="ray"` split
+    over as many Ray tasks as the cluster runs at once (its GPUs on CUDA), each loading the model once
+    with `reload()`; `work` must then be picklable (a module-level function or a `functools.partial` of
+    one). A ProbeError before any sample is done leaves no trace of the run (no new directory)."""
+    if executor != "local" and reload is None:
         raise ProbeError(f"--executor {executor} needs a way to load the model in each worker (reload=)")
     todo = [(k, s) for k, s in enumerate(samples) if not _part(parts, k).exists()]
-    if not todo:
-        return
-    gpus = 1.0 if next(loaded.model.parameters()).device.type == "cuda" else 0.0
-    n = min(len(todo), ray_worker_count(gpus, address)) if executor == "ray" else 1
-    shards = [(reload, todo[i::n], work, parts, fingerprint_of) for i in range(n)]
+    if len(todo) < len(samples):
+        print(f"resuming: {len(samples) - len(todo)} of {len(samples)} samples already done")
     try:
-        run_tasks(probe_shard, shards, executor, address, gpus=gpus, progress=progress, desc="shards")
+        if executor == "local":
+            for k, sample in tqdm(
+                todo, desc="samples", unit="sample", disable=not progress or len(samples) < 2
+            ):
+                store_parts(parts, k, *work(loaded, sample), fingerprint_of(sample))
+        elif todo:
+            from probe.executors import ray_worker_count, run_tasks
+
+            gpus = 1.0 if next(loaded.model.parameters()).device.type == "cuda" else 0.0
+            n = min(len(todo), ray_worker_count(gpus, address)) if executor == "ray" else 1
+            shards = [(reload, todo[i::n], work, parts, fingerprint_of) for i in range(n)]
+            run_tasks(probe_shard, shards, executor, address, gpus=gpus, progress=progress, desc="shards")
     except ProbeError:
         if not any(_part(parts, k).exists() for k in range(len(samples))):
             shutil.rmtree(out_dir if fresh else parts, ignore_errors=True)  # nothing done: leave nothing

@@ -36,12 +36,7 @@ def run_tasks(
         raise ProbeError(f"--executor must be one of {', '.join(EXECUTORS)}, got '{executor}'")
     if not arguments:
         return
-    try:
-        import ray
-    except ImportError:
-        raise ProbeError("--executor ray needs Ray: pip install -c constraints.txt -e '.[ray]'") from None
-    if not ray.is_initialized():
-        ray.init(address=address, include_dashboard=False, configure_logging=False, log_to_driver=False)
+    ray = connected_ray(address)
     remote = ray.remote(num_gpus=gpus, num_cpus=cpus, max_retries=0)(function)
     pending = [remote.remote(*args) for args in arguments]
     with tqdm(total=len(pending), desc=desc, disable=not progress) as bar:
@@ -56,11 +51,18 @@ def run_tasks(
             bar.update(1)
 
 
-def ray_worker_count(gpus: float, address: str | None = None) -> int:
-    """How many tasks the cluster runs at once: its GPUs on CUDA, else its CPUs."""
-    import ray
-
+def connected_ray(address: str | None = None):
+    """The `ray` module, connected to `address` (or a local instance) unless this process already is."""
+    try:
+        import ray
+    except ImportError:
+        raise ProbeError("--executor ray needs Ray: pip install -c constraints.txt -e '.[ray]'") from None
     if not ray.is_initialized():
         ray.init(address=address, include_dashboard=False, configure_logging=False, log_to_driver=False)
-    resources = ray.cluster_resources()
+    return ray
+
+
+def ray_worker_count(gpus: float, address: str | None = None) -> int:
+    """How many tasks the cluster runs at once: its GPUs on CUDA, else its CPUs."""
+    resources = connected_ray(address).cluster_resources()
     return max(1, int(resources.get("GPU", 0) if gpus else resources.get("CPU", 1)))

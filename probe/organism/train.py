@@ -28,8 +28,6 @@ with the same weights as an uninterrupted run.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -39,6 +37,7 @@ import torch
 from probe.errors import ProbeError
 from probe.organism import data as D
 from probe.organism.model import MICRO, OrganismSize, build_organism_llava
+from probe.training.checkpoint import save_trained
 from probe.training.loop import Schedule, Stage, run_stages
 
 EASY_OBJECTS = (1, 2)  # objects per scene in stage `easy`
@@ -310,16 +309,6 @@ def _base_organism(config: TrainConfig):
     return build_organism_llava(config.seed, config.size)
 
 
-def _save(model, processor, path: Path) -> None:
-    if _is_mini_processor(processor):
-        from llava_mini.loading import save_llava_mini
-
-        save_llava_mini(model, processor, path)
-    else:
-        model.save_pretrained(path)
-        processor.save_pretrained(path)
-
-
 def default_config(model_name: str) -> TrainConfig:
     config = TrainConfig()
     if model_name == "organism-llava-mini":  # starts from the trained organism: stage 2 only
@@ -371,15 +360,10 @@ def train(
     )
     if state is None:
         return None
-    staging = out / ".final-staging"
-    shutil.rmtree(staging, ignore_errors=True)
-    _save(model.eval(), processor, staging)
     meta = json.loads(settings_file.read_text())
     meta["train_seconds"] = round(state["elapsed_s"], 1)
     settings_file.write_text(json.dumps(meta, indent=2))
-    shutil.copy(settings_file, staging / "train.json")
-    os.replace(staging, final)
-    return final
+    return save_trained(model.eval(), processor, final, extra={"train.json": settings_file})
 
 
 def organism_stages(model, processor, head, scenes: list[D.Scene], config: TrainConfig) -> list[Stage]:

@@ -14,8 +14,6 @@ cells' files each time, which is why a kill can neither lose nor duplicate a row
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -115,9 +113,9 @@ def final_train_loss(log_path: Path, last: int = 20) -> float | None:
 
 
 def _device(config: SweepConfig) -> str:
-    if config.device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return config.device
+    from probe.zoo import parse_device
+
+    return parse_device(config.device).type
 
 
 def run_cell(
@@ -155,7 +153,7 @@ def _run_cell(config: SweepConfig, cell: Cell, out: Path, threads: int | None, p
         row.update({"train_steps": 0, "train_loss": None, "train_seconds": 0.0, "checkpoint": config.base})
     else:
         from llava_mini.adapter import LlavaMiniAdapter
-        from llava_mini.loading import save_llava_mini
+        from probe.training.checkpoint import save_trained
 
         student, processor = build_student(base, cell, config)
         adapter = LlavaMiniAdapter(student, processor)
@@ -172,10 +170,7 @@ def _run_cell(config: SweepConfig, cell: Cell, out: Path, threads: int | None, p
         )
         model_dir = here / "model"
         if not (model_dir / "config.json").is_file():
-            staging = here / ".model-staging"
-            shutil.rmtree(staging, ignore_errors=True)
-            save_llava_mini(student, processor, staging)
-            os.replace(staging, model_dir)
+            save_trained(student, processor, model_dir)
         loaded = LoadedModel(
             name=cell.name,
             source=str(model_dir),

@@ -96,3 +96,26 @@ def load_checkpoint(
                 moments.setdefault(int(index), {})[name] = value
         optimiser.load_state_dict({"state": moments, "param_groups": header["optimiser_groups"]})
     return header["state"]
+
+
+def save_trained(model, processor, path: Path, extra: dict[str, Path] | None = None) -> Path:
+    """The trained model in its family's layout (LLaVA-Mini's release layout for a LLaVA-Mini processor,
+    `save_pretrained` otherwise) at `path`, plus `extra` files ({name: source}), all or nothing: written
+    into a staging directory beside it, then renamed into place."""
+    import os
+    import shutil
+
+    path = Path(path)
+    staging = path.with_name(f".{path.name}-staging")
+    shutil.rmtree(staging, ignore_errors=True)
+    if type(processor).__name__ == "LlavaMiniProcessor":
+        from llava_mini.loading import save_llava_mini
+
+        save_llava_mini(model, processor, staging)
+    else:
+        model.save_pretrained(staging)
+        processor.save_pretrained(staging)
+    for name, source in (extra or {}).items():
+        shutil.copy(source, staging / name)
+    os.replace(staging, path)
+    return path
