@@ -332,7 +332,7 @@ def organism_data_command(out, n_train, n_val, n_test, n_heldout, seed) -> None:
     "model_name",
     default="organism-llava",
     show_default=True,
-    help="organism-llava or organism-llava-mini (needs the llava_mini package).",
+    help="organism-llava, organism-llava-mini (needs the llava_mini package) or organism-llava-instruct.",
 )
 @click.option(
     "--out", type=click.Path(path_type=Path), required=True, help="Run directory (rerun to resume)."

@@ -77,22 +77,23 @@ def _register_defaults() -> None:
             description="seeded random LlavaForConditionalGeneration, 336 px / patch 14, 576 vision tokens",
         )
     )
-    register(
-        ModelSpec(
-            name="organism-llava",
-            family="llava",
-            path=Path(__file__).resolve().parent / "organism" / "weights" / "organism-llava",
-            description="LlavaForConditionalGeneration trained on synthetic VQA (probe organism), uses the image",
-        )
-    )
-    register(
-        ModelSpec(
-            name="organism-llava-mini",
-            family="llava_mini",
-            path=Path(__file__).resolve().parent / "organism" / "weights" / "organism-llava-mini",
-            description="LLaVA-Mini (C=1, 2 pre-fusion layers) built on organism-llava and trained on its VQA",
-        )
-    )
+    organisms = {  # trained by `probe organism train`, shipped in probe/organism/weights/
+        "organism-llava": (
+            "llava",
+            "LlavaForConditionalGeneration trained on synthetic VQA (probe organism), uses the image",
+        ),
+        "organism-llava-mini": (
+            "llava_mini",
+            "LLaVA-Mini (C=1, 2 pre-fusion layers) built on organism-llava and trained on its VQA",
+        ),
+        "organism-llava-instruct": (
+            "llava",
+            "organism-llava fine-tuned on instruction-heavy turns (varied wording, text-only questions)",
+        ),
+    }
+    for name, (family, description) in organisms.items():
+        weights = Path(__file__).resolve().parent / "organism" / "weights" / name
+        register(ModelSpec(name=name, family=family, path=weights, description=description))
     register(
         ModelSpec(
             name="tiny-llava-next",

@@ -25,10 +25,21 @@ def organism(probe_home):
 
 
 @pytest.fixture(scope="module")
-def case(organism):
+def scene_image(tmp_path_factory) -> str:
+    """A scene from the organism's own distribution (on a photo it may answer with `</s>` at once)."""
+    from probe.organism import data as D
+
+    path = tmp_path_factory.mktemp("scene") / "square.png"
+    objects = [D.Obj("square", "red", "big", 1, 1), D.Obj("circle", "blue", "small", 0, 2)]
+    D.render(objects).save(path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def case(organism, scene_image):
     """(probe result with grid query `last`, prepared inputs, eager head-averaged attention [L, N, N],
     position of `last`, image positions)."""
-    sample = make_sample(PROMPT, ["skimage:coffee"], response="red")
+    sample = make_sample(PROMPT, [scene_image], response="red")
     prepared = organism.adapter.prepare(sample)
     with torch.no_grad(), organism.adapter.attention_implementation("eager"):
         out = organism.adapter.forward(dict(prepared.inputs), output_attentions=True)
@@ -38,7 +49,7 @@ def case(organism):
     last = len(ids) - n_response - 1  # the token before the response
     image = (ids == organism.model.config.image_token_id).nonzero().flatten()
     # that position is the one that predicts the first response token
-    generated = organism.adapter.generate(make_sample(PROMPT, ["skimage:coffee"]), 1)
+    generated = organism.adapter.generate(make_sample(PROMPT, [scene_image]), 1)
     assert int(out.logits[0, last].argmax()) == generated[0]
     probed = job.probe_sample(organism, sample, job.AttentionOptions(grid_queries="last"))  # native engine
     return probed, prepared, attn, last, image

@@ -166,11 +166,14 @@ def _weights(final):
 
 def test_conversation_tokens_match_the_chat_template():
     from probe.organism.model import build_processor
-    from probe.organism.train import Batcher
+    from probe.organism.train import encode_dialogue
 
     processor = build_processor()
     scene = D.make_scene(0, "train", 0)
-    ids, labels, _ = Batcher(processor, [scene]).conversation(scene, [0, 1])
+    turns = [(q.prompt, q.answer) for q in scene.questions[:2]]
+    ids, labels, _ = encode_dialogue(processor, scene.image(), turns)
+    # text-only encoding (training on cached tower features) expands the image token by hand: same ids
+    assert encode_dialogue(processor, None, turns, image_tokens=576)[:2] == (ids, labels)
     messages = []
     for k in (0, 1):
         q = scene.questions[k]
@@ -287,3 +290,173 @@ def test_curriculum_scenes_have_one_or_two_objects_and_answers_still_match():
         every = {q.prompt: q.answer for qs in D.all_questions(list(scene.objects)).values() for q, _ in qs}
         assert asked and all(every[p] == a for p, a in asked.items())
     assert [len(s.objects) for s in D.make_split(0, "train", 40)] != [len(s.objects) for s in scenes]
+
+
+def test_drawn_questions_are_distinct_answerable_and_cover_the_types():
+    """A training conversation draws k distinct questions afresh; each answer is the scene's own."""
+    scenes = D.make_split(0, "train", 30)
+    rng = np.random.default_rng(0)
+    types = set()
+    for scene in scenes:
+        every = {q.prompt: q.answer for qs in D.all_questions(list(scene.objects)).values() for q, _ in qs}
+        drawn = D.sample_questions(rng, scene.objects, 12)
+        assert len({q.prompt for q in drawn}) == len(drawn) and 0 < len(drawn) <= 12
+        assert all(every[q.prompt] == q.answer for q in drawn)
+        types |= {q.type for q in drawn}
+    assert types == set(D.QUESTION_TYPES)
+
+
+def test_training_on_cached_tower_features_is_the_models_own_forward():
+    """`forward_with_features` (frozen tower, features computed once) gives the loss and logits of
+    `forward(pixel_values=...)` on the same conversations."""
+    import torch
+
+    from probe.organism.model import MICRO, build_organism_llava
+    from probe.organism.train import Batcher, forward_with_features, tower_features
+
+    model, processor = build_organism_llava(0, MICRO)
+    model.eval()
+    scenes = D.make_split(0, "train", 3)
+    with_pixels = Batcher(processor, scenes, questions_per_image=5).text_batch(
+        [2, 0], np.random.default_rng(1)
+    )
+    text_only = Batcher(processor, scenes, 5, image_tokens=576).text_batch([2, 0], np.random.default_rng(1))
+    assert "pixel_values" not in text_only
+    assert torch.equal(text_only["input_ids"], with_pixels["input_ids"])
+    features = tower_features(model, processor, scenes)
+    assert features.shape == (3, 576, MICRO.vision_hidden)
+    with torch.no_grad():
+        reference = model(**with_pixels)
+        cached = forward_with_features(model, text_only, features[[2, 0]])
+    torch.testing.assert_close(cached.logits, reference.logits, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(cached.loss, reference.loss)
+
+
+def test_shape_counts_count_objects_per_shape():
+    from probe.organism.train import shape_counts
+
+    scenes = D.make_split(0, "train", 20)
+    counts = shape_counts(scenes)
+    for scene, row in zip(scenes, counts.tolist(), strict=True):
+        for shape, n in zip(D.SHAPES, row, strict=True):
+            assert n == len([o for o in scene.objects if o.shape == shape])
+    assert counts.sum(1).tolist() == [len(s.objects) for s in scenes]
+
+
+def test_instruction_turns_have_the_answers_their_text_and_image_give():
+    """organism-llava-instruct's turns: text-only answers follow from the words alone, conditional and
+    two-word answers from the objects, and wrapped image questions keep the scene's answer."""
+    from probe.organism.instructions import instruction_questions
+
+    colours = set(D.COLOURS)
+    rng = np.random.default_rng(0)
+    kinds = set()
+    for scene in D.make_split(0, "train", 60):
+        every = {q.prompt: q.answer for qs in D.all_questions(list(scene.objects)).values() for q, _ in qs}
+        for q in instruction_questions(rng, scene.objects, 12):
+            kinds.add(q.type)
+            words = q.prompt.rstrip("?.").split()
+            if q.type in ("is_colour", "is_shape"):  # "Is <word> a <colour|shape>?"
+                word, asked = words[1], words[-1]
+                assert q.answer == ("yes" if (word in colours) == (asked == "colour") else "no")
+            elif q.type == "say_word":
+                assert q.answer == words[-1]
+            elif q.type == "next_number":
+                assert D.NUMBERS.index(q.answer) == D.NUMBERS.index(words[-1]) + 1
+            elif q.type == "conditional":  # "What colour is the <shape>? If it is <colour>, ..."
+                shape, named = words[4].rstrip("?"), words[8].rstrip(",")
+                (obj,) = [o for o in scene.objects if o.shape == shape]
+                assert q.answer == ("yes" if obj.colour == named else "no")
+            elif q.type == "colour_and_shape":
+                colour, shape = q.answer.split()
+                where = q.prompt.split(" in the ")[1].rstrip("?")
+                (obj,) = [o for o in scene.objects if D.position_name(o.row, o.col) == where]
+                assert (obj.colour, obj.shape) == (colour, shape)
+            else:
+                core = [p for p in every if p in q.prompt]
+                assert core and every[max(core, key=len)] == q.answer
+    assert {"is_colour", "say_word", "next_number", "conditional", "colour_and_shape"} <= kinds
+
+
+def test_grounding_keys_point_at_each_turns_own_key_word():
+    """Every grounding position holds the last token of its question's key phrase, inside that turn's
+    prompt, and its targets are the named object's attributes (count: the number of that shape)."""
+    from probe.organism.grounding import IGNORE
+    from probe.organism.model import build_processor
+    from probe.organism.train import Batcher
+
+    processor = build_processor()
+    tokenizer = processor.tokenizer
+    scenes = D.make_split(0, "train", 6)
+    batcher = Batcher(processor, scenes, questions_per_image=12, image_tokens=576, grounding=True)
+    rng = np.random.default_rng(3)
+    batch = batcher.text_batch(list(range(6)), rng)
+    replay = np.random.default_rng(3)
+    seen_types = set()
+    for b, scene in enumerate(scenes):
+        questions = batcher.questions(scene, replay)
+        ids = batch["input_ids"][b].tolist()
+        labels = batch["labels"][b].tolist()
+        answer_starts = [k for k in range(1, len(labels)) if labels[k] != -100 and labels[k - 1] == -100]
+        keys = iter(batch["grounding"][b])
+        for question, answer_at in zip(questions, answer_starts, strict=True):
+            seen_types.add(question.type)
+            n_keys = 2 if question.type == "left_of" else 1
+            for k in range(n_keys):
+                position, targets = next(keys)
+                previous_answer = max([a for a in answer_starts if a < answer_at], default=0)
+                assert previous_answer < position < answer_at  # in this turn's prompt
+                word = tokenizer.decode([ids[position]]).strip()
+                if question.type == "count":
+                    assert word == question.prompt.split()[2] and targets[:5] == [IGNORE] * 5
+                    assert D.NUMBERS[targets[5]] == question.answer
+                    continue
+                obj = scene.objects[question.about[k]]
+                assert targets == [
+                    list(D.COLOURS).index(obj.colour),
+                    D.SHAPES.index(obj.shape),
+                    list(D.SIZES).index(obj.size),
+                    obj.row,
+                    obj.col,
+                    IGNORE,
+                ]
+                assert word in (obj.colour, obj.shape, D.position_name(obj.row, obj.col).split()[-1])
+        assert next(keys, None) is None
+    assert seen_types == set(D.QUESTION_TYPES)
+
+
+def test_grounding_loss_is_the_mean_cross_entropy_of_the_applicable_targets():
+    import math
+
+    import torch
+
+    from probe.organism.grounding import IGNORE, TARGET_SIZES, grounding_loss
+
+    head = torch.nn.Identity()
+    hidden = torch.zeros(2, 4, sum(TARGET_SIZES))
+    hidden[0, 1, 0] = 3.0  # colour logits of key (0, 1): class 0 strongly preferred
+    keys = [[(1, [0, 1, 0, 2, 1, IGNORE])], [(3, [IGNORE] * 5 + [2])]]
+    loss = grounding_loss(head, hidden, keys)
+    colour = -math.log(math.exp(3) / (math.exp(3) + 5))
+    uniform = [math.log(n) for n in TARGET_SIZES]
+    expected = (colour + sum(uniform[1:5]) + uniform[5]) / 6
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_instruct_variant_trains_on_instruction_heavy_turns(tmp_path):
+    """organism-llava-instruct: the LLaVA organism fine-tuned with stage `instruct`; its batches carry the
+    variant's turns (text-only questions among them) and the result loads as a LLaVA model."""
+    from transformers import LlavaForConditionalGeneration
+
+    from probe.organism.train import micro_config, train
+    from probe.zoo import load
+
+    config = micro_config()
+    config.stages = (("instruct", 2),)
+    config.lr = {**config.lr, "instruct": 1e-3}
+    final = train("organism-llava-instruct", tmp_path / "run", config, progress=False)
+    settings = json.loads((tmp_path / "run" / "train.json").read_text())["settings"]
+    assert settings["model"] == "organism-llava-instruct"
+    losses = [json.loads(line)["loss"] for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert len(losses) == 2 and all(np.isfinite(losses))
+    assert isinstance(load(str(final), dtype="float32").model, LlavaForConditionalGeneration)

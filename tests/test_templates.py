@@ -205,4 +205,5 @@ def test_ablations_take_the_template(tmp_path, capsys, probe_home):
         assert json.loads((out / "manifest.json").read_text())["template"]["name"] == template
         results = pd.read_parquet(out / "results.parquet")
         base[template] = float(results[results["setting"] == "baseline"]["first_gold_prob"].iloc[0])
-    assert base["model"] != pytest.approx(base["llava_v1"], rel=1e-3)  # another prompt, another forward
+    # another prompt, another forward: compared on the miss probability, as the organism is near-certain
+    assert 1 - base["model"] != pytest.approx(1 - base["llava_v1"], rel=1e-2)

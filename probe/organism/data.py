@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -80,6 +80,7 @@ class Question:
     type: str
     prompt: str
     answer: str
+    about: tuple[int, ...] = ()  # indices of the objects it names (training's grounding targets)
 
 
 def position_name(row: int, col: int) -> str:
@@ -217,7 +218,7 @@ def all_questions(objects: list[Obj]) -> dict[str, list[tuple[Question, tuple[in
                         (i, j),
                     )
                 )
-    return out
+    return {t: [(replace(q, about=who), who) for q, who in qs] for t, qs in out.items()}
 
 
 def draw_questions(rng: np.random.Generator, objects: list[Obj], k: int, split: str) -> list[Question]:
@@ -231,6 +232,25 @@ def draw_questions(rng: np.random.Generator, objects: list[Obj], k: int, split: 
         options = candidates[QUESTION_TYPES[int(t)]]
         if options and len(chosen) < k:
             chosen.append(options[int(rng.integers(len(options)))][0])
+    return chosen
+
+
+def sample_questions(rng: np.random.Generator, objects, k: int) -> list[Question]:
+    """k distinct questions about `objects` for one training conversation, drawn afresh at every step:
+    a type uniformly among the askable ones, then one of its questions. A scene's stored questions are
+    a fixed handful; drawing anew gives the trainer every question a scene affords."""
+    candidates = all_questions(list(objects))
+    types = [t for t in QUESTION_TYPES if candidates[t]]
+    seen: set[str] = set()
+    chosen: list[Question] = []
+    for _ in range(3 * k):
+        if len(chosen) == k:
+            break
+        options = candidates[types[int(rng.integers(len(types)))]]
+        question = options[int(rng.integers(len(options)))][0]
+        if question.prompt not in seen:
+            seen.add(question.prompt)
+            chosen.append(question)
     return chosen
 
 

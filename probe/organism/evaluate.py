@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
+from probe.answering import answer_questions
 from probe.inputs import Sample
 from probe.organism import data as D
 from probe.results import atomic_write
@@ -46,27 +45,18 @@ def question_type(sample: Sample) -> str:
 def evaluate(
     loaded, samples: list[Sample], blank: bool = False, max_new_tokens: int = 3, progress: bool = True
 ) -> pd.DataFrame:
-    """One row per sample: id, type, answer, prediction, correct."""
+    """One row per sample: id, type, answer, prediction (the generation), correct (its first word is the
+    answer), blank_image."""
     torch.set_num_threads(min(torch.get_num_threads(), 2))
-    tokenizer = loaded.processor.tokenizer
-    blank_path = str(blank_image_path()) if blank else None
-    rows = []
-    for sample in tqdm(samples, desc="eval" + (" (blank image)" if blank else ""), disable=not progress):
-        if blank_path is not None:
-            sample = replace(sample, image_sources=[blank_path] * len(sample.image_sources))
-        ids = loaded.adapter.generate(sample, max_new_tokens)
-        prediction = first_word(tokenizer.decode(ids, skip_special_tokens=True))
-        answer = (sample.answer or "").strip().lower()
-        rows.append(
-            {
-                "id": sample.sample_id,
-                "type": question_type(sample),
-                "answer": answer,
-                "prediction": prediction,
-                "correct": prediction == answer,
-            }
-        )
-    return pd.DataFrame(rows)
+    return answer_questions(
+        loaded.adapter,
+        samples,
+        max_new_tokens,
+        lambda prediction, answer: first_word(prediction) == answer.strip().lower(),
+        blank_image_path() if blank else None,
+        "eval" + (" (blank image)" if blank else ""),
+        progress,
+    )
 
 
 def chance(samples: list[Sample]) -> pd.DataFrame:

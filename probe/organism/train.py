@@ -8,17 +8,23 @@ Stages (each a list of steps; the run is one global step counter):
                  The pooled targets matter: the inside of a circle and of a square look the same, so
                  shape is only in the edges, and a per-patch shape target asks for the impossible
                  (it plateaued at ~50 % per patch) while the pooled one teaches the tower to put shape
-                 evidence where attention can sum it. The probe head is thrown away.
-  1. `projector` LLaVA stage 1: only the multimodal projector trains.
+                 evidence where attention can sum it. The probe head is thrown away. After this stage
+                 the tower is frozen (as LLaVA freezes CLIP), so the later stages compute its features
+                 once per training image instead of once per step.
+  1. `projector` (optional) LLaVA stage 1: only the multimodal projector trains. The first stage after
+                 `vision` starts with a data-dependent init of the projector (`standardise_projector_input`).
   2. `easy`      LLaVA stage 2 on scenes of 1-2 objects: a curriculum step. With one object every question
                  can be answered from the average of the vision tokens, so the LLM first learns to read
                  shape / size / colour features before it has to find the object they belong to.
-  3. `full`      LLaVA stage 2: end to end, vision tower included (it was random-initialised).
-Stages 1-3 are teacher-forced through the model's real `forward(input_ids, pixel_values,
-attention_mask, labels)` with the loss on answer tokens (and their `</s>`) only. Each training image is
-one multi-turn conversation over its questions (as in LLaVA's instruction data), so the 576 vision
-tokens are paid once for several answers. Any model with that forward can be trained (stage `full`),
-which is how `organism-llava-mini` is trained.
+  3. `full`      LLaVA stage 2 on the 2-4-object scenes: projector and LLM.
+Stages 1-3 are teacher-forced through the model's forward with the loss on answer tokens (and their
+`</s>`) only. Each training image is one multi-turn conversation over 12 questions drawn afresh at every
+step (as in LLaVA's instruction data, one image per conversation), so the 576 vision tokens are paid
+once for many answers. In stages 2-3 a throw-away grounding head on the LLM's last hidden state makes
+each question's key word predict the attributes of the object it names (`probe.organism.grounding`:
+why). Any model with a LLaVA forward can be trained with stage `full` (no cache, no grounding), which is
+how `organism-llava-mini` is trained; `organism-llava-instruct` is organism-llava fine-tuned with stage
+`instruct` on instruction-heavy turns (`probe.organism.instructions`).
 
 The loop, its schedule, checkpoints (safetensors) and resume are `probe.training.loop`'s, shared with
 `probe sweep`: killing a run and rerunning the same command continues from the last checkpoint and ends
@@ -33,16 +39,21 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from probe.errors import ProbeError
 from probe.organism import data as D
+from probe.organism.grounding import TARGET_SIZES, grounding_loss, key_positions
+from probe.organism.instructions import instruction_questions
 from probe.organism.model import MICRO, OrganismSize, build_organism_llava
 from probe.training.checkpoint import save_trained
 from probe.training.loop import Schedule, Stage, run_stages
 
 EASY_OBJECTS = (1, 2)  # objects per scene in stage `easy`
-# vision warm-up probe: colour, shape, size (each + background), grid row, grid column
+# vision warm-up probe: colour, shape, size (each + background), grid row, grid column, and the number of
+# objects of each shape in the whole image (read from every patch)
 HEAD_SIZES = [len(D.COLOURS) + 1, len(D.SHAPES) + 1, len(D.SIZES) + 1, D.GRID, D.GRID]
+COUNT_CLASSES = len(D.NUMBERS)
 
 
 @dataclass
@@ -51,10 +62,17 @@ class TrainConfig:
     n_train: int = 6000
     batch_size: int = 8
     vision_batch_size: int = 16
-    stages: tuple[tuple[str, int], ...] = (("vision", 600), ("projector", 100), ("easy", 400), ("full", 900))
-    lr: dict = field(default_factory=lambda: {"vision": 2e-3, "projector": 1e-3, "easy": 1e-3, "full": 1e-3})
+    n_easy: int = 3000
+    stages: tuple[tuple[str, int], ...] = (("vision", 600), ("easy", 500), ("full", 2300))
+    lr: dict = field(default_factory=lambda: {"vision": 2e-3, "projector": 1e-3, "easy": 2e-3, "full": 2e-3})
     warmup: int = 30
-    vision_lr_scale: float = 0.2  # the vision tower trains in stages `easy` / `full` too, 5x slower
+    # 0: the tower is frozen after its warm-up (as LLaVA freezes CLIP), so its features are computed once
+    # per training image; > 0: it trains on in the later stages at this fraction of the learning rate
+    vision_lr_scale: float = 0.0
+    questions_per_image: int | None = 12  # drawn afresh each step; None: the scene's stored questions
+    grounding_weight: float = 1.0  # key tokens predict their object's attributes (LLaVA-v1.5 organism only)
+    count_weight: float = 0.0  # vision warm-up: per-shape object counts of the image, from every patch
+    betas: tuple[float, float] = (0.9, 0.95)
     min_lr_ratio: float = 0.1
     weight_decay: float = 0.01
     grad_clip: float = 1.0
@@ -70,11 +88,13 @@ class TrainConfig:
             weight_decay=self.weight_decay,
             grad_clip=self.grad_clip,
             checkpoint_every=self.checkpoint_every,
+            betas=self.betas,
         )
 
     def to_json(self) -> dict:
         d = asdict(self)
         d["stages"] = [list(s) for s in self.stages]
+        d["betas"] = list(self.betas)
         return d
 
 
@@ -83,9 +103,11 @@ def micro_config(seed: int = 0) -> TrainConfig:
     return TrainConfig(
         seed=seed,
         n_train=16,
+        n_easy=8,
         batch_size=2,
         vision_batch_size=2,
         stages=(("vision", 2), ("projector", 2), ("easy", 1), ("full", 3)),
+        questions_per_image=4,
         warmup=1,
         checkpoint_every=1,
         size=MICRO,
@@ -106,18 +128,25 @@ def _turn(processor, question: str, first: bool) -> str:
 
 
 def encode_dialogue(
-    processor, image, turns: list[tuple[str, str]]
-) -> tuple[list[int], list[int], torch.Tensor]:
+    processor, image, turns: list[tuple[str, str]], image_tokens: int | None = None
+) -> tuple[list[int], list[int], torch.Tensor | None]:
     """(input ids, labels, pixel values) of a conversation about `image` over (question, answer) turns, in
     the processor's chat template; labels on answer tokens and their </s> only. The image goes in the
     first turn. LLaVA-v1.5: 576 expanded image tokens, pixel values [3, H, W]; LLaVA-Mini: C^2 placeholder
-    ids (-200) per image, pixel values [T=1, V=1, 3, H, W] (its processor's own layout)."""
+    ids (-200) per image, pixel values [T=1, V=1, 3, H, W] (its processor's own layout).
+
+    With `image_tokens` (LLaVA-v1.5 layout only) the image is not processed: the `<image>` token is
+    expanded to that many ids by hand and pixel values are None, for training on cached tower features."""
     tokenizer = processor.tokenizer
     ids: list[int] = []
     labels: list[int] = []
     pixel_values = None
     for k, (question, answer) in enumerate(turns):
-        if k == 0:
+        if k == 0 and image_tokens is not None:
+            prompt = tokenizer(_turn(processor, question, True)).input_ids
+            at = prompt.index(tokenizer.convert_tokens_to_ids(processor.image_token))
+            prompt = prompt[:at] + prompt[at : at + 1] * image_tokens + prompt[at + 1 :]
+        elif k == 0:
             enc = processor(images=[image], text=_turn(processor, question, True), return_tensors="pt")
             prompt = enc["input_ids"][0].tolist()
             pixel_values = enc["pixel_values"][0]
@@ -139,28 +168,76 @@ def pad_batch(rows: list[tuple[list[int], list[int], torch.Tensor]], pad: int) -
         input_ids[b, : len(ids)] = torch.tensor(ids)
         labels[b, : len(lab)] = torch.tensor(lab)
         mask[b, : len(ids)] = 1
-    pixel_values = torch.stack([r[2] for r in rows])
-    return {"input_ids": input_ids, "pixel_values": pixel_values, "attention_mask": mask, "labels": labels}
+    batch = {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
+    if rows[0][2] is not None:
+        batch["pixel_values"] = torch.stack([r[2] for r in rows])
+    return batch
 
 
 class Batcher:
-    """Turns scenes into model inputs with the model's own processor and chat template."""
+    """Turns scenes into model inputs with the model's own processor and chat template.
 
-    def __init__(self, processor, scenes: list[D.Scene]) -> None:
+    `questions_per_image`: each conversation asks that many questions drawn afresh from everything the
+    scene affords (None: the scene's stored questions in a random order). `image_tokens`: encode text
+    only, with the image token expanded by hand (the tower's features come from a cache). `grounding`:
+    batches carry each question's key tokens and their objects' attributes (`probe.organism.grounding`)."""
+
+    def __init__(
+        self,
+        processor,
+        scenes: list[D.Scene],
+        questions_per_image: int | None = None,
+        image_tokens: int | None = None,
+        draw=D.sample_questions,
+        grounding: bool = False,
+    ) -> None:
         self.processor = processor
         self.scenes = scenes
+        self.questions_per_image = questions_per_image
+        self.image_tokens = image_tokens
+        self.draw = draw  # (rng, objects, k) -> questions
+        self.grounding = grounding
 
-    def conversation(self, scene: D.Scene, order: list[int]) -> tuple[list[int], list[int], torch.Tensor]:
+    def questions(self, scene: D.Scene, rng: np.random.Generator) -> list[D.Question]:
+        if self.questions_per_image is None:
+            return [scene.questions[i] for i in rng.permutation(len(scene.questions))]
+        return self.draw(rng, scene.objects, self.questions_per_image)
+
+    def conversation(
+        self, scene: D.Scene, questions: list[D.Question]
+    ) -> tuple[list[int], list[int], torch.Tensor | None]:
         """-> (input ids, labels, pixel values) of one multi-turn conversation; labels on answers + </s>."""
-        turns = [(scene.questions[i].prompt, scene.questions[i].answer) for i in order]
-        return encode_dialogue(self.processor, scene.image(), turns)
+        turns = [(q.prompt, q.answer) for q in questions]
+        image = None if self.image_tokens is not None else scene.image()
+        return encode_dialogue(self.processor, image, turns, self.image_tokens)
 
     def text_batch(self, indices: list[int], rng: np.random.Generator) -> dict:
-        rows = []
+        rows, keys = [], []
         for i in indices:
             scene = self.scenes[i]
-            rows.append(self.conversation(scene, list(rng.permutation(len(scene.questions)))))
-        return pad_batch(rows, self.processor.tokenizer.pad_token_id)
+            questions = self.questions(scene, rng)
+            rows.append(self.conversation(scene, questions))
+            if self.grounding:
+                keys.append(self._key_tokens(rows[-1][0], rows[-1][1], questions, scene.objects))
+        batch = pad_batch(rows, self.processor.tokenizer.pad_token_id)
+        if self.grounding:
+            batch["grounding"] = keys
+        return batch
+
+    def _key_tokens(self, ids, labels, questions, objects) -> list[tuple[int, list[int]]]:
+        """Key tokens of every turn's question, found in that turn's prompt (the k-th run of unlabelled
+        tokens) so that an earlier turn's identical word is never picked."""
+        starts = [k for k in range(len(labels)) if labels[k] == -100 and (k == 0 or labels[k - 1] != -100)]
+        keys = []
+        for question, start in zip(questions, starts, strict=True):
+            end = start
+            while end < len(labels) and labels[end] == -100:
+                end += 1
+            for position, targets in key_positions(
+                self.processor.tokenizer, ids[start:end], question, objects
+            ):
+                keys.append((start + position, targets))
+        return keys
 
     def vision_batch(self, indices: list[int], grid: int) -> dict:
         scenes = [self.scenes[i] for i in indices]
@@ -168,7 +245,45 @@ class Batcher:
             "pixel_values"
         ]
         targets = torch.stack([patch_targets(s.objects, grid) for s in scenes])
-        return {"pixel_values": pixel_values, "targets": targets}
+        return {"pixel_values": pixel_values, "targets": targets, "counts": shape_counts(scenes)}
+
+
+def shape_counts(scenes: list[D.Scene]) -> torch.Tensor:
+    """[B, n_shapes]: how many objects of each shape every scene holds."""
+    return torch.tensor([[sum(o.shape == shape for o in s.objects) for shape in D.SHAPES] for s in scenes])
+
+
+@torch.no_grad()
+def tower_features(model, processor, scenes: list[D.Scene], batch_size: int = 16) -> torch.Tensor:
+    """[n_scenes, 576, D] layer -2 patch features (CLS dropped), what the projector reads. With the tower
+    frozen they are the same at every step, so the LLM stages compute them once instead of per batch
+    (a quarter of a step's time)."""
+    tower = _vision_tower(model)
+    chunks = []
+    for start in tqdm(range(0, len(scenes), batch_size), desc="tower features", unit="batch", leave=False):
+        images = [s.image() for s in scenes[start : start + batch_size]]
+        pixel_values = processor.image_processor(images, return_tensors="pt")["pixel_values"]
+        hidden = tower(pixel_values, output_hidden_states=True).hidden_states[
+            model.config.vision_feature_layer
+        ]
+        chunks.append(hidden[:, 1:])
+    return torch.cat(chunks)
+
+
+def forward_with_features(model, batch: dict, features: torch.Tensor, hidden_states: bool = False):
+    """The model's forward on a text batch whose image tokens take `features` through the projector:
+    what `forward(pixel_values=...)` computes when the tower's output is already known."""
+    input_ids = batch["input_ids"]
+    embeds = model.get_input_embeddings()(input_ids)
+    image = model.model.multi_modal_projector(features).to(embeds.dtype)
+    slots = (input_ids == model.config.image_token_index).unsqueeze(-1).expand_as(embeds)
+    embeds = embeds.masked_scatter(slots, image)
+    return model(
+        inputs_embeds=embeds,
+        attention_mask=batch["attention_mask"],
+        labels=batch["labels"],
+        output_hidden_states=hidden_states,
+    )
 
 
 def patch_targets(objects, grid: int) -> torch.Tensor:
@@ -201,9 +316,11 @@ def _vision_tower(model):
     return getattr(inner, "vision_tower", None)
 
 
-def parameter_groups(model, stage: str, head: torch.nn.Module | None, config: TrainConfig) -> list[dict]:
-    """Trainable parameters of a stage as optimiser groups with an lr `scale` (the tower learns slower
-    in `easy` / `full`)."""
+def parameter_groups(
+    model, stage: str, head: torch.nn.Module | None, config: TrainConfig, grounding_head=None
+) -> list[dict]:
+    """Trainable parameters of a stage as optimiser groups with an lr `scale` (the tower is frozen or
+    learns slower in the LLM stages; the grounding head trains with the LLM)."""
     if stage == "vision":
         groups = [{"params": list(_vision_tower(model).parameters()) + list(head.parameters()), "scale": 1.0}]
     elif stage == "projector":
@@ -218,7 +335,9 @@ def parameter_groups(model, stage: str, head: torch.nn.Module | None, config: Tr
                 "scale": config.vision_lr_scale,
             },
         ]
-        groups = [g for g in groups if g["params"]]
+        if grounding_head is not None and stage != "projector":
+            groups.append({"params": list(grounding_head.parameters()), "scale": 1.0})
+        groups = [g for g in groups if g["params"] and g["scale"] > 0]
     return groups
 
 
@@ -244,15 +363,17 @@ def standardise_projector_input(model, batcher: Batcher, n_images: int = 16) -> 
     linear.bias.copy_(linear.bias - weight @ mean)
 
 
-def vision_loss(model, head, batch) -> torch.Tensor:
+def vision_loss(model, head, batch, count_weight: float = 0.0) -> torch.Tensor:
     """Per-patch colour / row / column over all patches, plus shape and size of each object from its
-    patches' mean feature (and, at a quarter weight, per object patch)."""
+    patches' mean feature (and, at a quarter weight, per object patch), plus (`count_weight`) the image's
+    number of objects of each shape from every patch: a global property the LLM can then read anywhere."""
     F = torch.nn.functional
     hidden = model.model.vision_tower(batch["pixel_values"], output_hidden_states=True).hidden_states[
         model.config.vision_feature_layer
     ][:, 1:]  # CLS dropped, as the projector sees it
     targets = batch["targets"]
-    colour, shape, size, row, col = torch.split(head(hidden), HEAD_SIZES, dim=-1)
+    logits = head(hidden)
+    colour, shape, size, row, col = torch.split(logits[..., : sum(HEAD_SIZES)], HEAD_SIZES, dim=-1)
     on_object = targets[..., 0] > 0
     loss = sum(
         F.cross_entropy(logits.flatten(0, 1), targets[..., k].flatten())
@@ -263,10 +384,14 @@ def vision_loss(model, head, batch) -> torch.Tensor:
         + F.cross_entropy(size[on_object], targets[..., 2][on_object])
     )
     pooled, labels = object_means(hidden, targets)
-    _, pooled_shape, pooled_size, _, _ = torch.split(head(pooled), HEAD_SIZES, dim=-1)
+    _, pooled_shape, pooled_size, _, _ = torch.split(head(pooled)[..., : sum(HEAD_SIZES)], HEAD_SIZES, dim=-1)
     loss = loss + 2 * (
         F.cross_entropy(pooled_shape, labels[:, 1]) + F.cross_entropy(pooled_size, labels[:, 2])
     )
+    if count_weight:
+        counts = logits[..., sum(HEAD_SIZES) :].unflatten(-1, (len(D.SHAPES), COUNT_CLASSES))  # [B, P, 4, 5]
+        expected = batch["counts"][:, None, :].expand(-1, counts.shape[1], -1)
+        loss = loss + count_weight * F.cross_entropy(counts.flatten(0, 2), expected.flatten())
     return loss / 7.5
 
 
@@ -295,7 +420,11 @@ def build_model(model_name: str, config: TrainConfig):
         base, base_processor = _base_organism(config)
         mini = build_from_llava(base, C=1, n_fusion=2, init_prefusion_from_llm=True, seed=config.seed)
         return mini, processor_from_llava(base_processor, mini.config)
-    raise ProbeError(f"unknown organism '{model_name}': use organism-llava or organism-llava-mini")
+    if model_name == "organism-llava-instruct":  # organism-llava fine-tuned on instruction-heavy turns
+        return _base_organism(config)
+    raise ProbeError(
+        f"unknown organism '{model_name}': use organism-llava, organism-llava-mini or organism-llava-instruct"
+    )
 
 
 def _base_organism(config: TrainConfig):
@@ -312,7 +441,10 @@ def _base_organism(config: TrainConfig):
 def default_config(model_name: str) -> TrainConfig:
     config = TrainConfig()
     if model_name == "organism-llava-mini":  # starts from the trained organism: stage 2 only
-        config.stages = (("full", 800),)  # ~0.7-0.85 s/step on 2 cores: ~10 min
+        config.stages = (("full", 700),)  # ~0.8 s/step on 2 cores with 12 questions per image: ~9 min
+    if model_name == "organism-llava-instruct":  # starts from the trained organism
+        config.stages = (("instruct", 400),)
+        config.lr = {**config.lr, "instruct": 1e-3}
     return config
 
 
@@ -346,14 +478,21 @@ def train(
     head = None
     if any(s == "vision" for s, _ in config.stages):
         torch.manual_seed(config.seed + 1)
-        head = torch.nn.Linear(model.config.vision_config.hidden_size, sum(HEAD_SIZES))
-    stages = organism_stages(model, processor, head, scenes, config)
+        head = torch.nn.Linear(
+            model.config.vision_config.hidden_size, sum(HEAD_SIZES) + len(D.SHAPES) * COUNT_CLASSES
+        )
+    grounding_head = None
+    if uses_grounding(model, config):
+        torch.manual_seed(config.seed + 2)
+        grounding_head = torch.nn.Linear(model.config.text_config.hidden_size, sum(TARGET_SIZES))
+    stages = organism_stages(model, processor, head, scenes, config, grounding_head)
+    extra = {"head": head, "grounding_head": grounding_head}
     state = run_stages(
         model,
         stages,
         out,
         config.schedule(),
-        extra_modules={"head": head} if head is not None else None,
+        extra_modules={k: m for k, m in extra.items() if m is not None} or None,
         stop_after=stop_after,
         progress=progress,
         desc=model_name,
@@ -366,28 +505,83 @@ def train(
     return save_trained(model.eval(), processor, final, extra={"train.json": settings_file})
 
 
-def organism_stages(model, processor, head, scenes: list[D.Scene], config: TrainConfig) -> list[Stage]:
-    """`config.stages` as loop stages: what each trains, on which batches, with which loss."""
-    batcher = Batcher(processor, scenes)
-    batchers = {"easy": Batcher(processor, D.make_split(config.seed, "train", config.n_train, EASY_OBJECTS))}
+def uses_grounding(model, config: TrainConfig) -> bool:
+    """Grounding targets need the LLM's own sequence: the LLaVA-v1.5 organism on cached tower features."""
+    grounded = any(name in ("easy", "full") for name, _ in config.stages)
+    return config.grounding_weight > 0 and grounded and _cached_features(model, config)
+
+
+def _cached_features(model, config: TrainConfig) -> bool:
+    return config.vision_lr_scale == 0 and hasattr(getattr(model, "model", None), "multi_modal_projector")
+
+
+def organism_stages(
+    model, processor, head, scenes: list[D.Scene], config: TrainConfig, grounding_head=None
+) -> list[Stage]:
+    """`config.stages` as loop stages: what each trains, on which batches, with which loss.
+
+    With a frozen tower (`vision_lr_scale == 0`) a LLaVA-v1.5 organism trains its projector and LLM on
+    tower features computed once per training image (at a stage's first step, so a resumed run computes
+    the same ones again from the checkpointed tower)."""
     vision_config = getattr(model.config, "vision_config", None)
     grid = vision_config.image_size // vision_config.patch_size if vision_config is not None else 24
+    cached = _cached_features(model, config)
+    text_scenes = {
+        "easy": D.make_split(config.seed, "train", config.n_easy, EASY_OBJECTS),
+        "projector": scenes,
+        "full": scenes,
+        "instruct": scenes,
+    }
+    batchers = {
+        name: Batcher(
+            processor,
+            group,
+            config.questions_per_image,
+            grid * grid if cached else None,
+            instruction_questions if name == "instruct" else D.sample_questions,
+            grounding=grounding_head is not None and name != "instruct",
+        )
+        for name, group in text_scenes.items()
+    }
+    features: dict[str, torch.Tensor] = {}
+    names = [name for name, _ in config.stages]
+    # the projector's data-dependent init opens the first stage after the tower's warm-up
+    first_text = names[names.index("vision") + 1] if "vision" in names and names[-1] != "vision" else None
 
     def make(stage: str, n_steps: int) -> Stage:
         size = config.vision_batch_size if stage == "vision" else config.batch_size
+        batcher = batchers.get(stage, batchers["full"])
 
         def loss(rng):
-            indices = [int(i) for i in rng.choice(len(scenes), size=size, replace=False)]
+            pool = scenes if stage == "vision" else batcher.scenes
+            indices = [int(i) for i in rng.choice(len(pool), size=size, replace=False)]
             if stage == "vision":
-                return vision_loss(model, head, batcher.vision_batch(indices, grid))
-            return model(**batchers.get(stage, batcher).text_batch(indices, rng)).loss
+                vision = Batcher(processor, scenes)
+                return vision_loss(model, head, vision.vision_batch(indices, grid), config.count_weight)
+            batch = batcher.text_batch(indices, rng)
+            if not cached:
+                return model(**batch).loss
+            if stage not in features:
+                features.clear()  # one stage's features in memory at a time
+                features[stage] = tower_features(model, processor, batcher.scenes)
+            keys = batch.pop("grounding", None)
+            out = forward_with_features(model, batch, features[stage][indices], keys is not None)
+            if keys is None or stage == "projector":
+                return out.loss
+            return out.loss + config.grounding_weight * grounding_loss(
+                grounding_head, out.hidden_states[-1], keys
+            )
 
-        start = (lambda: standardise_projector_input(model, batcher)) if stage == "projector" else None
+        start = (
+            (lambda: standardise_projector_input(model, Batcher(processor, scenes)))
+            if stage == first_text
+            else None
+        )
         return Stage(
             name=stage,
             steps=n_steps,
             lr=config.lr[stage],
-            groups=lambda: parameter_groups(model, stage, head, config),
+            groups=lambda: parameter_groups(model, stage, head, config, grounding_head),
             loss=loss,
             start=start,
         )

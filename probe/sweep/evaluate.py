@@ -10,39 +10,15 @@ from __future__ import annotations
 
 import statistics
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
+from probe.answering import answer_questions
 from probe.inputs import Sample
 from probe.interventions.metrics import bootstrap_interval, is_correct
 from probe.sweep.config import Cell, SweepConfig
-
-
-def answer_questions(adapter, samples: list[Sample], max_new_tokens: int, blank: Path | None, desc: str):
-    """One row per question: id, type, answer, prediction, correct (and `blank` for the blank-image pass)."""
-    tokenizer = adapter.processor.tokenizer
-    rows = []
-    for sample in tqdm(samples, desc=desc, unit="q", leave=False, disable=len(samples) < 2):
-        if blank is not None:
-            sample = replace(sample, image_sources=[str(blank)] * len(sample.image_sources))
-        with torch.no_grad():
-            ids = adapter.generate(sample, max_new_tokens)
-        prediction = tokenizer.decode(ids, skip_special_tokens=True).strip()
-        rows.append(
-            {
-                "id": sample.sample_id,
-                "type": str(sample.meta.get("type", "")),
-                "answer": sample.answer,
-                "prediction": prediction,
-                "correct": is_correct(prediction, sample.answer or ""),
-                "blank_image": blank is not None,
-            }
-        )
-    return pd.DataFrame(rows)
 
 
 def accuracy_columns(questions: pd.DataFrame, seed: int) -> dict:
@@ -113,9 +89,11 @@ def evaluate_cell(
 ) -> tuple[dict, pd.DataFrame]:
     """(metric columns, per-question rows) of one trained cell."""
     ev = config.eval
-    tables = [answer_questions(adapter, samples, ev.max_new_tokens, None, f"eval {cell.name}")]
+    tables = [answer_questions(adapter, samples, ev.max_new_tokens, is_correct, None, f"eval {cell.name}")]
     if ev.blank_image:
-        tables.append(answer_questions(adapter, samples, ev.max_new_tokens, blank, f"blank {cell.name}"))
+        tables.append(
+            answer_questions(adapter, samples, ev.max_new_tokens, is_correct, blank, f"blank {cell.name}")
+        )
     questions = pd.concat(tables, ignore_index=True)
     metrics = {
         **accuracy_columns(questions, config.seed),

@@ -50,6 +50,7 @@ class Schedule:
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     checkpoint_every: int = 50
+    betas: tuple[float, float] = (0.9, 0.999)
 
 
 def step_rng(seed: int, stage: str, step: int) -> np.random.Generator:
@@ -106,7 +107,9 @@ def run_stages(
                 groups = stage.groups()
                 params = [p for g in groups for p in g["params"]]
                 set_trainable(model, params)
-                optimiser = torch.optim.AdamW(groups, lr=stage.lr, weight_decay=schedule.weight_decay)
+                optimiser = torch.optim.AdamW(
+                    groups, lr=stage.lr, betas=schedule.betas, weight_decay=schedule.weight_decay
+                )
                 first = 0
                 if resuming and si == state["stage_index"]:
                     first = state["step"]
