@@ -50,6 +50,7 @@ from probe.training.checkpoint import save_trained
 from probe.training.loop import Schedule, Stage, run_stages
 
 EASY_OBJECTS = (1, 2)  # objects per scene in stage `easy`
+GROUNDED_STAGES = ("easy", "full")  # stages whose loss includes the grounding head
 # vision warm-up probe: colour, shape, size (each + background), grid row, grid column, and the number of
 # objects of each shape in the whole image (read from every patch)
 HEAD_SIZES = [len(D.COLOURS) + 1, len(D.SHAPES) + 1, len(D.SIZES) + 1, D.GRID, D.GRID]
@@ -507,7 +508,7 @@ def train(
 
 def uses_grounding(model, config: TrainConfig) -> bool:
     """Grounding targets need the LLM's own sequence: the LLaVA-v1.5 organism on cached tower features."""
-    grounded = any(name in ("easy", "full") for name, _ in config.stages)
+    grounded = any(name in GROUNDED_STAGES for name, _ in config.stages)
     return config.grounding_weight > 0 and grounded and _cached_features(model, config)
 
 
@@ -539,11 +540,11 @@ def organism_stages(
             config.questions_per_image,
             grid * grid if cached else None,
             instruction_questions if name == "instruct" else D.sample_questions,
-            grounding=grounding_head is not None and name != "instruct",
+            grounding=grounding_head is not None and name in GROUNDED_STAGES,
         )
         for name, group in text_scenes.items()
     }
-    features: dict[str, torch.Tensor] = {}
+    features: dict[int, torch.Tensor] = {}
     names = [name for name, _ in config.stages]
     # the projector's data-dependent init opens the first stage after the tower's warm-up
     first_text = names[names.index("vision") + 1] if "vision" in names and names[-1] != "vision" else None
@@ -561,12 +562,13 @@ def organism_stages(
             batch = batcher.text_batch(indices, rng)
             if not cached:
                 return model(**batch).loss
-            if stage not in features:
-                features.clear()  # one stage's features in memory at a time
-                features[stage] = tower_features(model, processor, batcher.scenes)
+            group = id(batcher.scenes)  # stages on the same scenes share their features
+            if group not in features:
+                features.clear()  # one scene set's features in memory at a time
+                features[group] = tower_features(model, processor, batcher.scenes)
             keys = batch.pop("grounding", None)
-            out = forward_with_features(model, batch, features[stage][indices], keys is not None)
-            if keys is None or stage == "projector":
+            out = forward_with_features(model, batch, features[group][indices], keys is not None)
+            if keys is None:
                 return out.loss
             return out.loss + config.grounding_weight * grounding_loss(
                 grounding_head, out.hidden_states[-1], keys
