@@ -460,3 +460,72 @@ def test_instruct_variant_trains_on_instruction_heavy_turns(tmp_path):
     losses = [json.loads(line)["loss"] for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert len(losses) == 2 and all(np.isfinite(losses))
     assert isinstance(load(str(final), dtype="float32").model, LlavaForConditionalGeneration)
+
+
+# --- recipe v5: colour-invariant shape features in the warm-up, more left_of answers ----------------------
+# written out by hand (not read from D.HELD_OUT_PAIRS): the colour a shape must never be drawn near
+HELD_OUT_COLOUR_OF = {"triangle": "red", "square": "blue", "star": "green", "circle": "yellow"}
+
+
+def test_off_palette_fills_never_come_near_a_held_out_pair_and_stand_out_from_white():
+    """No warm-up fill of a shape has the held-out colour of that shape as its nearest palette colour
+    (the tower never sees a held-out pair, even approximately); every fill has a channel >= 100 below
+    white, light fills (a channel above 230, like the palette's yellow) occur, and the fills are spread
+    over colour space, not a handful of values."""
+    palette = np.array(list(D.COLOURS.values()), dtype=float)
+    names = list(D.COLOURS)
+    rng = np.random.default_rng(0)
+    for shape, excluded in HELD_OUT_COLOUR_OF.items():
+        fills = np.array([D.off_palette_colour(rng, shape) for _ in range(400)], dtype=float)
+        nearest = [names[i] for i in ((fills[:, None] - palette[None]) ** 2).sum(-1).argmin(1)]
+        assert excluded not in nearest
+        assert set(nearest) == set(names) - {excluded}  # every other region of colour space is used
+        assert (fills.min(1) <= 155).all() and (fills.max(1) > 230).any()
+        assert len({tuple(f) for f in fills}) > 390
+
+
+def test_recoloured_warmup_objects_keep_shape_targets_and_lose_colour_targets():
+    """With recolour = 1 every object is painted in its off-palette fill (no palette pixel is left) and
+    its patches keep their shape / size / object targets with the colour target ignored; with
+    recolour = 0 the batch is the plain one."""
+    import torch
+
+    from probe.organism.model import build_processor
+    from probe.organism.train import Batcher, patch_targets
+
+    scenes = D.make_split(0, "train", 4)
+    batcher = Batcher(build_processor(), scenes)
+    plain = batcher.vision_batch([0, 1, 2, 3], 24)
+    painted = batcher.vision_batch([0, 1, 2, 3], 24, np.random.default_rng(5), recolour=1.0)
+    for b, scene in enumerate(scenes):
+        expected = patch_targets(scene.objects, 24)
+        on = expected[:, 5] > 0
+        assert torch.equal(painted["targets"][b][:, 1:], expected[:, 1:])
+        assert (painted["targets"][b][on, 0] == -100).all() and (painted["targets"][b][~on, 0] == 0).all()
+        assert torch.equal(plain["targets"][b], expected)
+    assert not torch.equal(plain["pixel_values"], painted["pixel_values"])
+    # the fills themselves: replay the draws and look at the pixels of each object
+    rng = np.random.default_rng(5)
+    for scene in scenes:
+        rng.random(len(scene.objects))
+        fills = [D.off_palette_colour(rng, o.shape) for o in scene.objects]
+        pixels = np.asarray(D.render(scene.objects, fills=dict(enumerate(fills))))
+        owner = D.object_map(scene.objects)
+        for k, fill in enumerate(fills):
+            assert (pixels[owner == k + 1] == fill).all()
+        palette = {tuple(v) for v in D.COLOURS.values()}
+        assert not palette & {tuple(p) for p in pixels.reshape(-1, 3)}
+
+
+def test_type_weights_give_left_of_the_share_its_weight_asks_for():
+    """One question per draw: left_of comes with probability w / (w + other askable types), here 2 / 8
+    on scenes where all seven types are askable (measured over 3000 draws, 4 sigma); unweighted 1 / 7."""
+    scenes = [s for s in D.make_split(0, "train", 200) if all(D.all_questions(list(s.objects)).values())]
+    assert len(scenes) >= 20
+    for weights, expected in (({"left_of": 2.0}, 2 / 8), (None, 1 / 7)):
+        rng = np.random.default_rng(1)
+        draws = [
+            D.sample_questions(rng, scenes[i % len(scenes)].objects, 1, weights)[0].type for i in range(3000)
+        ]
+        share = draws.count("left_of") / len(draws)
+        assert abs(share - expected) < 4 * np.sqrt(expected * (1 - expected) / len(draws)), (share, expected)

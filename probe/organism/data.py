@@ -120,14 +120,40 @@ def _draw(draw: ImageDraw.ImageDraw, obj: Obj, fill) -> None:
         raise ValueError(obj.shape)
 
 
-def render(objects: list[Obj] | tuple[Obj, ...], blank: bool = False) -> Image.Image:
-    """Draw the scene (no anti-aliasing: every shape pixel has exactly its colour's RGB value)."""
+def render(
+    objects: list[Obj] | tuple[Obj, ...],
+    blank: bool = False,
+    fills: dict[int, tuple[int, int, int]] | None = None,
+) -> Image.Image:
+    """Draw the scene (no anti-aliasing: every shape pixel has exactly its colour's RGB value).
+
+    `fills` ({object index: RGB}) paints some objects in other colours than their palette one: the
+    vision warm-up's colour augmentation (`off_palette_colour`); stored splits never use it."""
     img = Image.new("RGB", (IMAGE_SIZE, IMAGE_SIZE), BACKGROUND)
     if not blank:
         draw = ImageDraw.Draw(img)
-        for obj in objects:
-            _draw(draw, obj, COLOURS[obj.colour])
+        for k, obj in enumerate(objects):
+            _draw(draw, obj, (fills or {}).get(k, COLOURS[obj.colour]))
     return img
+
+
+def nearest_colour(rgb: tuple[int, int, int]) -> str:
+    """The palette colour closest to `rgb` (Euclidean in RGB)."""
+    return min(COLOURS, key=lambda c: sum((a - b) ** 2 for a, b in zip(COLOURS[c], rgb, strict=True)))
+
+
+def off_palette_colour(rng: np.random.Generator, shape: str) -> tuple[int, int, int]:
+    """A random RGB fill for a `shape` that stands out from the white background (one channel at least
+    100 below 255) and is not close to any held-out pair's colour of that shape (its nearest palette
+    colour is another one), so shapes in new colours teach the tower colour-invariant shape features
+    without ever showing a held-out colour x shape pair. Light fills are allowed on purpose: the palette's
+    yellow and orange have a channel above 230, and a tower that only ever saw dark fills recognised no
+    yellow circle."""
+    excluded = {colour for colour, held_shape in HELD_OUT_PAIRS if held_shape == shape}
+    while True:
+        rgb = tuple(int(v) for v in rng.integers(0, 256, size=3))
+        if min(rgb) <= 155 and nearest_colour(rgb) not in excluded:
+            return rgb
 
 
 def object_map(objects: list[Obj] | tuple[Obj, ...]) -> np.ndarray:
@@ -235,18 +261,25 @@ def draw_questions(rng: np.random.Generator, objects: list[Obj], k: int, split: 
     return chosen
 
 
-def sample_questions(rng: np.random.Generator, objects, k: int) -> list[Question]:
+def sample_questions(
+    rng: np.random.Generator, objects, k: int, type_weights: dict[str, float] | None = None
+) -> list[Question]:
     """k distinct questions about `objects` for one training conversation, drawn afresh at every step:
-    a type uniformly among the askable ones, then one of its questions. A scene's stored questions are
-    a fixed handful; drawing anew gives the trainer every question a scene affords."""
+    a type among the askable ones (uniformly, or in proportion to `type_weights`, default 1), then one of
+    its questions. A scene's stored questions are a fixed handful; drawing anew gives the trainer every
+    question a scene affords, and weights give the harder types (left_of) more of the answers."""
     candidates = all_questions(list(objects))
     types = [t for t in QUESTION_TYPES if candidates[t]]
+    weights = np.array([(type_weights or {}).get(t, 1.0) for t in types], dtype=float)
     seen: set[str] = set()
     chosen: list[Question] = []
     for _ in range(3 * k):
         if len(chosen) == k:
             break
-        options = candidates[types[int(rng.integers(len(types)))]]
+        if type_weights:
+            options = candidates[types[int(rng.choice(len(types), p=weights / weights.sum()))]]
+        else:  # the plain draw, kept bit-equal to earlier recipes'
+            options = candidates[types[int(rng.integers(len(types)))]]
         question = options[int(rng.integers(len(options)))][0]
         if question.prompt not in seen:
             seen.add(question.prompt)

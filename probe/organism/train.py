@@ -33,6 +33,7 @@ with the same weights as an uninterrupted run.
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -55,6 +56,7 @@ GROUNDED_STAGES = ("easy", "full")  # stages whose loss includes the grounding h
 # objects of each shape in the whole image (read from every patch)
 HEAD_SIZES = [len(D.COLOURS) + 1, len(D.SHAPES) + 1, len(D.SIZES) + 1, D.GRID, D.GRID]
 COUNT_CLASSES = len(D.NUMBERS)
+IGNORE_TARGET = -100  # cross_entropy's ignore_index: a patch target that does not apply
 
 
 @dataclass
@@ -73,6 +75,13 @@ class TrainConfig:
     questions_per_image: int | None = 12  # drawn afresh each step; None: the scene's stored questions
     grounding_weight: float = 1.0  # key tokens predict their object's attributes (LLaVA-v1.5 organism only)
     count_weight: float = 0.0  # vision warm-up: per-shape object counts of the image, from every patch
+    # vision warm-up: the fraction of objects drawn in a random off-palette colour (`D.off_palette_colour`,
+    # never near a held-out pair's), with their colour target dropped: shape features that hold in any
+    # colour, so a held-out colour x shape pair still looks like its shape
+    recolour: float = 0.5
+    # relative frequency of question types in the LLM stages' conversations (others 1): left_of is the one
+    # relation between two objects and the slowest type to learn
+    type_weights: dict = field(default_factory=lambda: {"left_of": 2.0})
     betas: tuple[float, float] = (0.9, 0.95)
     min_lr_ratio: float = 0.1
     weight_decay: float = 0.01
@@ -240,13 +249,30 @@ class Batcher:
                 keys.append((start + position, targets))
         return keys
 
-    def vision_batch(self, indices: list[int], grid: int) -> dict:
+    def vision_batch(
+        self, indices: list[int], grid: int, rng: np.random.Generator | None = None, recolour: float = 0.0
+    ) -> dict:
+        """Images and patch targets of the vision warm-up; with `recolour` > 0 each object is, with that
+        probability (drawn from `rng`), painted in an off-palette colour and its patches get no colour
+        target (-100), only shape, size and position."""
         scenes = [self.scenes[i] for i in indices]
-        pixel_values = self.processor.image_processor([s.image() for s in scenes], return_tensors="pt")[
-            "pixel_values"
-        ]
-        targets = torch.stack([patch_targets(s.objects, grid) for s in scenes])
-        return {"pixel_values": pixel_values, "targets": targets, "counts": shape_counts(scenes)}
+        images, targets = [], []
+        for scene in scenes:
+            fills = {}
+            if recolour > 0:
+                draws = rng.random(len(scene.objects))
+                fills = {
+                    k: D.off_palette_colour(rng, obj.shape)
+                    for k, obj in enumerate(scene.objects)
+                    if draws[k] < recolour
+                }
+            images.append(D.render(scene.objects, fills=fills))
+            target = patch_targets(scene.objects, grid)
+            for k in fills:
+                target[target[:, 5] == k + 1, 0] = IGNORE_TARGET
+            targets.append(target)
+        pixel_values = self.processor.image_processor(images, return_tensors="pt")["pixel_values"]
+        return {"pixel_values": pixel_values, "targets": torch.stack(targets), "counts": shape_counts(scenes)}
 
 
 def shape_counts(scenes: list[D.Scene]) -> torch.Tensor:
@@ -375,7 +401,7 @@ def vision_loss(model, head, batch, count_weight: float = 0.0) -> torch.Tensor:
     targets = batch["targets"]
     logits = head(hidden)
     colour, shape, size, row, col = torch.split(logits[..., : sum(HEAD_SIZES)], HEAD_SIZES, dim=-1)
-    on_object = targets[..., 0] > 0
+    on_object = targets[..., 5] > 0  # (colour may be IGNORE_TARGET on a recoloured object)
     loss = sum(
         F.cross_entropy(logits.flatten(0, 1), targets[..., k].flatten())
         for k, logits in ((0, colour), (3, row), (4, col))
@@ -539,7 +565,9 @@ def organism_stages(
             group,
             config.questions_per_image,
             grid * grid if cached else None,
-            instruction_questions if name == "instruct" else D.sample_questions,
+            instruction_questions
+            if name == "instruct"
+            else functools.partial(D.sample_questions, type_weights=config.type_weights),
             grounding=grounding_head is not None and name in GROUNDED_STAGES,
         )
         for name, group in text_scenes.items()
@@ -558,7 +586,8 @@ def organism_stages(
             indices = [int(i) for i in rng.choice(len(pool), size=size, replace=False)]
             if stage == "vision":
                 vision = Batcher(processor, scenes)
-                return vision_loss(model, head, vision.vision_batch(indices, grid), config.count_weight)
+                batch = vision.vision_batch(indices, grid, rng, config.recolour)
+                return vision_loss(model, head, batch, config.count_weight)
             batch = batcher.text_batch(indices, rng)
             if not cached:
                 return model(**batch).loss
