@@ -529,3 +529,42 @@ def test_type_weights_give_left_of_the_share_its_weight_asks_for():
         ]
         share = draws.count("left_of") / len(draws)
         assert abs(share - expected) < 4 * np.sqrt(expected * (1 - expected) / len(draws)), (share, expected)
+
+
+def test_recoloured_scenes_ask_no_colour_of_unnamed_objects_and_count_them_by_shape():
+    """Stage `recolour`'s scenes: a painted object shows its fill in the pixels, and that fill is never
+    nearest to a colour another object of the scene is named by, nor to its shape's held-out colour. No
+    question names or asks for a painted object's colour; count and shape_at still cover it, with
+    answers derived here from the objects (count over every object of the shape, painted or not)."""
+    from probe.organism.grounding import IGNORE, key_phrases
+
+    rng = np.random.default_rng(3)
+    scenes = [D.recoloured(s, rng, 0.5) for s in D.make_split(0, "train", 60)]
+    painted_types: set[str] = set()
+    n_painted = 0
+    for scene in scenes:
+        objects = list(scene.objects)
+        fills = dict(scene.fills)
+        named = {o.colour for o in objects if o.colour != D.UNNAMED}
+        pixels, owner = np.asarray(scene.image()), D.object_map(objects)
+        for k, obj in enumerate(objects):
+            if k in fills:
+                n_painted += 1
+                assert obj.colour == D.UNNAMED and (pixels[owner == k + 1] == fills[k]).all()
+                assert D.nearest_colour(fills[k]) not in named | {HELD_OUT_COLOUR_OF[obj.shape]}
+            else:
+                assert (pixels[owner == k + 1] == D.COLOURS[obj.colour]).all()
+        for qs in D.all_questions(objects).values():
+            for q, who in qs:
+                if any(objects[i].colour == D.UNNAMED for i in who):
+                    painted_types.add(q.type)
+                    assert q.type in ("count", "shape_at"), q
+                    if q.type == "shape_at":
+                        assert key_phrases(q, objects)[0][1][0] == IGNORE  # no colour target either
+                if q.type == "count":
+                    shape = q.prompt.split()[2][:-1]  # "How many circles are there?"
+                    assert q.answer == D.NUMBERS[sum(o.shape == shape for o in objects)]
+                for word in D.COLOURS:
+                    if f" {word} " in f" {q.prompt} ":
+                        assert word in named, q
+    assert n_painted > 40 and painted_types == {"count", "shape_at"}

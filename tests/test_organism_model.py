@@ -8,10 +8,10 @@ from probe.organism import data as D
 from tests.conftest import run_cli
 
 # --- the shipped organism ------------------------------------------------------------------------------
-# What the shipped organism-llava really learned (probe/organism/README.md): it reads colour and shape from
-# the image (colour questions, shape-at-position, colour-at-position on held-out colour x shape objects),
-# while count, size and left/right answers stay near the answer prior, and on held-out pairs it still
-# guesses shape from colour. The tests pin what was measured at shipping, with margins.
+# What the shipped organism-llava really learned (probe/organism/README.md, recipe v6): it reads colour,
+# shape, count, size and left/right from the image on the test split; on held-out colour x shape pairs it
+# reads shape at a position (its colour-blind readout) but not questions that name one attribute of the
+# pair and ask the other. The tests pin what was measured at shipping, with margins.
 COLOUR_TYPES = ("colour_at", "colour_of_shape")
 
 
@@ -58,8 +58,8 @@ def _scores(organism, split: str, types: tuple[str, ...], n: int):
 
 
 def test_organism_reads_colour_from_the_image(organism):
-    # full test split at shipping (recipe v4): colour_at 0.82 / colour_of_shape 1.00 with the image,
-    # 0.19 / 0.07 blank (majority 0.23 / 0.26)
+    # full test split at shipping (recipe v6): colour_at 0.86 / colour_of_shape 0.99 with the image,
+    # 0.24 / 0.18 blank (majority 0.23 / 0.26)
     with_image, blank, uniform, majority = _scores(organism, "test", COLOUR_TYPES, 60)
     assert with_image >= 0.8, (with_image, blank, uniform, majority)
     assert blank <= majority + 0.05, (with_image, blank, uniform, majority)
@@ -67,7 +67,7 @@ def test_organism_reads_colour_from_the_image(organism):
 
 
 def test_organism_reads_shape_at_a_position_from_the_image(organism):
-    # full test split at shipping: 0.92 with the image, 0.27 blank; uniform 0.25, majority 0.33
+    # full test split at shipping: 0.87 with the image, 0.20 blank; uniform 0.25, majority 0.33
     with_image, blank, uniform, majority = _scores(organism, "test", ("shape_at",), 60)
     assert with_image >= 0.8, (with_image, blank, uniform, majority)
     assert blank <= majority, (with_image, blank, uniform, majority)
@@ -75,20 +75,29 @@ def test_organism_reads_shape_at_a_position_from_the_image(organism):
 
 
 def test_organism_counts_and_reads_size_from_the_image(organism):
-    # full test split at shipping: count 0.96 vs 0.19 blank (majority 0.56), size 1.00 vs 0.00 (0.57);
+    # full test split at shipping: count 0.86 vs 0.19 blank (majority 0.56), size 0.91 vs 0.57 (0.57);
     # the answer prior alone gets the majority level, so these need the image
     for kind in ("count", "size"):
         with_image, blank, uniform, majority = _scores(organism, "test", (kind,), 40)
-        assert with_image >= 0.85, (kind, with_image, blank, uniform, majority)
-        assert with_image - max(blank, majority) >= 0.25, (kind, with_image, blank, uniform, majority)
+        assert with_image >= 0.75, (kind, with_image, blank, uniform, majority)
+        assert with_image - max(blank, majority) >= 0.2, (kind, with_image, blank, uniform, majority)
 
 
-def test_organism_colour_at_position_on_held_out_pairs(organism):
-    # full held-out split at shipping: 0.75 with the image, 0.13 blank; uniform 0.17, majority 0.33
-    with_image, blank, uniform, majority = _scores(organism, "heldout", ("colour_at",), 40)
-    assert with_image >= 0.6, (with_image, blank, uniform, majority)
+def test_organism_reads_left_of_from_the_image(organism):
+    # full test split at shipping: 0.80 with the image vs 0.59 blank (majority 0.61); recipe v4 had
+    # 0.74 vs 0.61, the type the image helped least
+    with_image, blank, uniform, majority = _scores(organism, "test", ("left_of",), 40)
+    assert with_image >= 0.75, (with_image, blank, uniform, majority)
+    assert with_image - max(blank, majority) >= 0.12, (with_image, blank, uniform, majority)
+
+
+def test_organism_shape_at_position_on_held_out_pairs(organism):
+    # full held-out split at shipping: 0.51 with the image (yellow circles 2 / 33, the other pairs
+    # 0.55-0.77), 0.24 blank; uniform 0.25, majority 0.27. Recipe v4: 0.30, at the blank level
+    with_image, blank, uniform, majority = _scores(organism, "heldout", ("shape_at",), 40)
+    assert with_image >= 0.55, (with_image, blank, uniform, majority)
     assert blank <= majority + 0.05
-    assert with_image - blank >= 0.4
+    assert with_image - blank >= 0.25
 
 
 # --- the shipped organism-llava-mini -----------------------------------------------------------------------
@@ -116,8 +125,8 @@ def test_shipped_mini_weights_match_the_manifest_and_load_through_the_zoo(organi
 
 
 def test_organism_mini_reads_colour_and_shape_from_its_one_vision_token(organism_mini):
-    # full test split at shipping (recipe v4): 0.900 with the image vs 0.255 blank (organism-llava: 0.932);
-    # colour_at 0.88 / colour_of_shape 1.00 vs 0.14 / 0.03 blank, shape_at 0.89 vs 0.19 (majority 0.33)
+    # full test split at shipping (recipe v6): 0.857 with the image vs 0.277 blank (organism-llava: 0.897);
+    # colour_at 0.78 / colour_of_shape 0.96 vs 0.13 / 0.16 blank, shape_at 0.92 vs 0.26 (majority 0.33)
     with_image, blank, uniform, majority = _scores(organism_mini, "test", COLOUR_TYPES, 60)
     assert with_image >= 0.8, (with_image, blank, uniform, majority)
     assert blank <= majority + 0.05, (with_image, blank, uniform, majority)

@@ -42,6 +42,9 @@ SIZES = {"small": 24, "big": 42}  # half-extent in px
 ROWS = ("top", "middle", "bottom")
 COLS = ("left", "centre", "right")
 NUMBERS = ("zero", "one", "two", "three", "four")
+# the colour of an object painted in an off-palette fill (`recoloured`): no colour word names it, so no
+# question asks for or refers to its colour; count and shape_at questions still cover it
+UNNAMED = "unnamed"
 HELD_OUT_PAIRS = frozenset({("red", "triangle"), ("blue", "square"), ("green", "star"), ("yellow", "circle")})
 SPLITS = ("train", "val", "test", "heldout")
 SPLIT_IDS = {name: k for k, name in enumerate(SPLITS)}
@@ -132,8 +135,9 @@ def render(
     img = Image.new("RGB", (IMAGE_SIZE, IMAGE_SIZE), BACKGROUND)
     if not blank:
         draw = ImageDraw.Draw(img)
+        fills = fills or {}
         for k, obj in enumerate(objects):
-            _draw(draw, obj, (fills or {}).get(k, COLOURS[obj.colour]))
+            _draw(draw, obj, fills[k] if k in fills else COLOURS[obj.colour])
     return img
 
 
@@ -142,14 +146,17 @@ def nearest_colour(rgb: tuple[int, int, int]) -> str:
     return min(COLOURS, key=lambda c: sum((a - b) ** 2 for a, b in zip(COLOURS[c], rgb, strict=True)))
 
 
-def off_palette_colour(rng: np.random.Generator, shape: str) -> tuple[int, int, int]:
+def off_palette_colour(
+    rng: np.random.Generator, shape: str, avoid: frozenset[str] = frozenset()
+) -> tuple[int, int, int]:
     """A random RGB fill for a `shape` that stands out from the white background (one channel at least
     100 below 255) and is not close to any held-out pair's colour of that shape (its nearest palette
     colour is another one), so shapes in new colours teach the tower colour-invariant shape features
     without ever showing a held-out colour x shape pair. Light fills are allowed on purpose: the palette's
     yellow and orange have a channel above 230, and a tower that only ever saw dark fills recognised no
-    yellow circle."""
-    excluded = {colour for colour, held_shape in HELD_OUT_PAIRS if held_shape == shape}
+    yellow circle. `avoid`: palette colours the fill must not be nearest to either (the named colours of
+    the other objects in a scene, so that "the red object" stays unique)."""
+    excluded = {colour for colour, held_shape in HELD_OUT_PAIRS if held_shape == shape} | set(avoid)
     while True:
         rgb = tuple(int(v) for v in rng.integers(0, 256, size=3))
         if min(rgb) <= 155 and nearest_colour(rgb) not in excluded:
@@ -209,7 +216,7 @@ def all_questions(objects: list[Obj]) -> dict[str, list[tuple[Question, tuple[in
     by_colour = {c: [i for i, o in enumerate(objects) if o.colour == c] for c in COLOURS}
     out: dict[str, list[tuple[Question, tuple[int, ...]]]] = {t: [] for t in QUESTION_TYPES}
     for shape, idx in by_shape.items():
-        if len(idx) == 1:
+        if len(idx) == 1 and objects[idx[0]].colour != UNNAMED:
             o = objects[idx[0]]
             out["colour_of_shape"].append(
                 (Question("colour_of_shape", f"What colour is the {shape}?", o.colour), (idx[0],))
@@ -226,6 +233,8 @@ def all_questions(objects: list[Obj]) -> dict[str, list[tuple[Question, tuple[in
     for i, o in enumerate(objects):
         where = position_name(o.row, o.col)
         out["shape_at"].append((Question("shape_at", f"What shape is in the {where}?", o.shape), (i,)))
+        if o.colour == UNNAMED:
+            continue
         out["colour_at"].append(
             (Question("colour_at", f"What colour is the shape in the {where}?", o.colour), (i,))
         )
@@ -293,13 +302,32 @@ class Scene:
     index: int
     objects: tuple[Obj, ...]
     questions: tuple[Question, ...]
+    fills: tuple[tuple[int, tuple[int, int, int]], ...] = ()  # (object index, RGB) of UNNAMED objects
 
     @property
     def image_id(self) -> str:
         return f"{self.split}-{self.index:05d}"
 
     def image(self) -> Image.Image:
-        return render(self.objects)
+        return render(self.objects, fills=dict(self.fills))
+
+
+def recoloured(scene: Scene, rng: np.random.Generator, fraction: float) -> Scene:
+    """The scene with each object, with probability `fraction`, painted in an off-palette fill and its
+    colour UNNAMED (questions about it then never use a colour word; `sample_questions` draws them).
+
+    Why: the LLM stages otherwise only ever see each shape in its training colours and learn to read shape
+    through colour-specific features (shape_at on a held-out red triangle fell to chance although a linear
+    probe finds the triangle in the tower's features); shapes in any colour teach a colour-blind readout.
+    The fills avoid held-out pairs (`off_palette_colour`) and the scene's other colours."""
+    draws = rng.random(len(scene.objects))
+    named = frozenset(o.colour for k, o in enumerate(scene.objects) if draws[k] >= fraction)
+    objects, fills = list(scene.objects), []
+    for k, obj in enumerate(scene.objects):
+        if draws[k] < fraction:
+            fills.append((k, off_palette_colour(rng, obj.shape, avoid=named)))
+            objects[k] = replace(obj, colour=UNNAMED)
+    return replace(scene, objects=tuple(objects), questions=(), fills=tuple(fills))
 
 
 def make_scene(

@@ -29,7 +29,7 @@ def key_phrases(question: D.Question, objects) -> list[tuple[str, list[int]]]:
 
     def of(obj: D.Obj) -> list[int]:
         return [
-            list(D.COLOURS).index(obj.colour),
+            list(D.COLOURS).index(obj.colour) if obj.colour in D.COLOURS else IGNORE,  # D.UNNAMED
             D.SHAPES.index(obj.shape),
             list(D.SIZES).index(obj.size),
             obj.row,

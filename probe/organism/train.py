@@ -17,10 +17,13 @@ Stages (each a list of steps; the run is one global step counter):
                  can be answered from the average of the vision tokens, so the LLM first learns to read
                  shape / size / colour features before it has to find the object they belong to.
   3. `full`      LLaVA stage 2 on the 2-4-object scenes: projector and LLM.
-Stages 1-3 are teacher-forced through the model's forward with the loss on answer tokens (and their
+  4. `recolour`  `full` on the same scenes with half the objects painted off-palette and their colour
+                 unnamed (`data.recoloured`): the LLM learns to read shape without going through colour,
+                 which is what a held-out colour x shape pair needs.
+Stages 1-4 are teacher-forced through the model's forward with the loss on answer tokens (and their
 `</s>`) only. Each training image is one multi-turn conversation over 12 questions drawn afresh at every
 step (as in LLaVA's instruction data, one image per conversation), so the 576 vision tokens are paid
-once for many answers. In stages 2-3 a throw-away grounding head on the LLM's last hidden state makes
+once for many answers. In stages 2-4 a throw-away grounding head on the LLM's last hidden state makes
 each question's key word predict the attributes of the object it names (`probe.organism.grounding`:
 why). Any model with a LLaVA forward can be trained with stage `full` (no cache, no grounding), which is
 how `organism-llava-mini` is trained; `organism-llava-instruct` is organism-llava fine-tuned with stage
@@ -51,12 +54,13 @@ from probe.training.checkpoint import save_trained
 from probe.training.loop import Schedule, Stage, run_stages
 
 EASY_OBJECTS = (1, 2)  # objects per scene in stage `easy`
-GROUNDED_STAGES = ("easy", "full")  # stages whose loss includes the grounding head
+GROUNDED_STAGES = ("easy", "full", "recolour")  # stages whose loss includes the grounding head
 # vision warm-up probe: colour, shape, size (each + background), grid row, grid column, and the number of
 # objects of each shape in the whole image (read from every patch)
 HEAD_SIZES = [len(D.COLOURS) + 1, len(D.SHAPES) + 1, len(D.SIZES) + 1, D.GRID, D.GRID]
 COUNT_CLASSES = len(D.NUMBERS)
 IGNORE_TARGET = -100  # cross_entropy's ignore_index: a patch target that does not apply
+RECOLOUR_STREAM = 7  # seeds stage `recolour`'s fills apart from the scenes' own RNG streams
 
 
 @dataclass
@@ -66,8 +70,16 @@ class TrainConfig:
     batch_size: int = 8
     vision_batch_size: int = 16
     n_easy: int = 3000
-    stages: tuple[tuple[str, int], ...] = (("vision", 600), ("easy", 500), ("full", 2300))
-    lr: dict = field(default_factory=lambda: {"vision": 2e-3, "projector": 1e-3, "easy": 2e-3, "full": 2e-3})
+    stages: tuple[tuple[str, int], ...] = (("vision", 600), ("easy", 500), ("full", 2300), ("recolour", 600))
+    lr: dict = field(
+        default_factory=lambda: {
+            "vision": 2e-3,
+            "projector": 1e-3,
+            "easy": 2e-3,
+            "full": 2e-3,
+            "recolour": 1e-3,
+        }
+    )
     warmup: int = 30
     # 0: the tower is frozen after its warm-up (as LLaVA freezes CLIP), so its features are computed once
     # per training image; > 0: it trains on in the later stages at this fraction of the learning rate
@@ -78,6 +90,7 @@ class TrainConfig:
     # vision warm-up: the fraction of objects drawn in a random off-palette colour (`D.off_palette_colour`,
     # never near a held-out pair's), with their colour target dropped: shape features that hold in any
     # colour, so a held-out colour x shape pair still looks like its shape
+    # (also the fraction of objects in stage `recolour`'s scenes painted off-palette: `D.recoloured`)
     recolour: float = 0.5
     # relative frequency of question types in the LLM stages' conversations (others 1): left_of is the one
     # relation between two objects and the slowest type to learn
@@ -116,7 +129,7 @@ def micro_config(seed: int = 0) -> TrainConfig:
         n_easy=8,
         batch_size=2,
         vision_batch_size=2,
-        stages=(("vision", 2), ("projector", 2), ("easy", 1), ("full", 3)),
+        stages=(("vision", 2), ("projector", 2), ("easy", 1), ("full", 3), ("recolour", 1)),
         questions_per_image=4,
         warmup=1,
         checkpoint_every=1,
@@ -558,6 +571,12 @@ def organism_stages(
         "projector": scenes,
         "full": scenes,
         "instruct": scenes,
+        # stage `full` again on the same scenes with some objects painted off-palette (`D.recoloured`,
+        # fixed per scene so that the tower's features are still computed once per image)
+        "recolour": [
+            D.recoloured(s, np.random.default_rng([config.seed, RECOLOUR_STREAM, s.index]), config.recolour)
+            for s in scenes
+        ],
     }
     batchers = {
         name: Batcher(
