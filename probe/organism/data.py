@@ -130,8 +130,8 @@ def render(
 ) -> Image.Image:
     """Draw the scene (no anti-aliasing: every shape pixel has exactly its colour's RGB value).
 
-    `fills` ({object index: RGB}) paints some objects in other colours than their palette one: the
-    vision warm-up's colour augmentation (`off_palette_colour`); stored splits never use it."""
+    `fills` ({object index: RGB}) paints some objects in other colours than their palette one
+    (`paint_objects`: the vision warm-up and stage `recolour`); stored splits never use it."""
     img = Image.new("RGB", (IMAGE_SIZE, IMAGE_SIZE), BACKGROUND)
     if not blank:
         draw = ImageDraw.Draw(img)
@@ -320,14 +320,23 @@ def recoloured(scene: Scene, rng: np.random.Generator, fraction: float) -> Scene
     through colour-specific features (shape_at on a held-out red triangle fell to chance although a linear
     probe finds the triangle in the tower's features); shapes in any colour teach a colour-blind readout.
     The fills avoid held-out pairs (`off_palette_colour`) and the scene's other colours."""
-    draws = rng.random(len(scene.objects))
-    named = frozenset(o.colour for k, o in enumerate(scene.objects) if draws[k] >= fraction)
-    objects, fills = list(scene.objects), []
-    for k, obj in enumerate(scene.objects):
-        if draws[k] < fraction:
-            fills.append((k, off_palette_colour(rng, obj.shape, avoid=named)))
-            objects[k] = replace(obj, colour=UNNAMED)
-    return replace(scene, objects=tuple(objects), questions=(), fills=tuple(fills))
+    fills = paint_objects(rng, scene.objects, fraction)
+    objects = tuple(replace(o, colour=UNNAMED) if k in fills else o for k, o in enumerate(scene.objects))
+    return replace(scene, objects=objects, questions=(), fills=tuple(fills.items()))
+
+
+def paint_objects(
+    rng: np.random.Generator, objects, fraction: float, keep_named_apart: bool = True
+) -> dict[int, tuple[int, int, int]]:
+    """{object index: off-palette RGB} for each object chosen with probability `fraction` (one uniform
+    draw per object, then the fills in object order). `keep_named_apart`: a fill is never nearest to the
+    colour of an object left unpainted (`recoloured`: those colours are still named in questions); the
+    vision warm-up, which names no colour of a painted object, passes False."""
+    draws = rng.random(len(objects))
+    named = frozenset(o.colour for k, o in enumerate(objects) if draws[k] >= fraction and keep_named_apart)
+    return {
+        k: off_palette_colour(rng, o.shape, avoid=named) for k, o in enumerate(objects) if draws[k] < fraction
+    }
 
 
 def make_scene(

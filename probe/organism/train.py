@@ -271,14 +271,9 @@ class Batcher:
         scenes = [self.scenes[i] for i in indices]
         images, targets = [], []
         for scene in scenes:
-            fills = {}
-            if recolour > 0:
-                draws = rng.random(len(scene.objects))
-                fills = {
-                    k: D.off_palette_colour(rng, obj.shape)
-                    for k, obj in enumerate(scene.objects)
-                    if draws[k] < recolour
-                }
+            fills = (
+                D.paint_objects(rng, scene.objects, recolour, keep_named_apart=False) if recolour > 0 else {}
+            )
             images.append(D.render(scene.objects, fills=fills))
             target = patch_targets(scene.objects, grid)
             for k in fills:
